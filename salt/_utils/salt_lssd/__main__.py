@@ -1,0 +1,34 @@
+"""``python -m salt_lssd <role> <run_dir>``: the entry point of every detached process."""
+
+import sys
+import traceback
+
+from salt_lssd.procs import Reporter
+
+
+def main(argv):
+    if len(argv) != 3 or argv[1] not in ("tracker", "seeder", "peer"):
+        sys.stderr.write("usage: python -m salt_lssd {tracker|seeder|peer} RUN_DIR\n")
+        return 2
+    role, run_dir = argv[1], argv[2]
+    reporter = Reporter(run_dir)
+    try:
+        if role == "tracker":
+            from salt_lssd import tracker
+
+            tracker.run(reporter)
+        else:
+            from salt_lssd import swarm
+
+            swarm.run(role, reporter)
+    except Exception as exc:  # report why, for the Salt job waiting on us
+        traceback.print_exc()
+        reporter.report(status="failed", error=str(exc) or type(exc).__name__)
+        return 1
+    if reporter._state.get("status") not in ("failed",):
+        reporter.report(status="stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,136 @@
+"""Names, paths and small file helpers every role shares.
+
+A minion keeps everything lssd owns below one *state directory* (default
+``<cachedir>/lssd``) so several minions can share a machine::
+
+    <state_dir>/
+      archives/<tag>.tar[.gz|.zst]   packed build (seeder) or downloaded archive (peer)
+      torrents/<tag>.torrent         the .torrent; <tag>.json beside it keeps sha256 and size
+      run/<role>[-<tag>]/            one directory per detached process:
+                                     pid, config.json, state.json, log
+      tracker/allowed/<infohash>     info-hashes the tracker serves (tracker_allow)
+      installed/<tag>.json           what the peer installed and where (for idempotent states)
+"""
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+
+from salt_lssd import LssdError
+
+# A tag names a build; it becomes a directory and file name, so it must not be a path.
+_TAG_MAX = 128
+
+
+def validate_tag(tag):
+    """Return ``tag`` if it is a safe name, else raise LssdError naming what is wrong."""
+    if not isinstance(tag, str):
+        raise LssdError(f"tag {tag!r} must be a string, not {type(tag).__name__}")
+    if not tag:
+        raise LssdError("tag '' is empty; a tag is a name such as 'Deploy1'")
+    if len(tag) > _TAG_MAX:
+        raise LssdError(f"tag {tag!r} is {len(tag)} characters long; at most {_TAG_MAX} are allowed")
+    if "/" in tag or "\\" in tag:
+        raise LssdError(f"tag {tag!r} may not contain '/' or '\\'")
+    if tag in (".", "..") or ".." in tag:
+        raise LssdError(f"tag {tag!r} may not contain '..'")
+    if tag.startswith(".") or tag.startswith("-"):
+        raise LssdError(f"tag {tag!r} may not start with '.' or '-'")
+    bad = [c for c in tag if c.isspace() or not c.isprintable()]
+    if bad:
+        raise LssdError(
+            f"tag {tag!r} may not contain whitespace or control characters (found {bad[0]!r})"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9._+@=:,~-]+", tag):
+        raise LssdError(
+            f"tag {tag!r} may only contain letters, digits and . _ + @ = : , ~ -"
+        )
+    return tag
+
+
+def ensure_dir(path, mode=0o700):
+    os.makedirs(path, mode=mode, exist_ok=True)
+    return path
+
+
+class Layout:
+    """Where a minion's lssd files live (see the module docstring)."""
+
+    def __init__(self, state_dir):
+        self.root = os.path.abspath(state_dir)
+
+    def _sub(self, *parts):
+        return os.path.join(self.root, *parts)
+
+    @property
+    def archives(self):
+        return self._sub("archives")
+
+    @property
+    def torrents(self):
+        return self._sub("torrents")
+
+    @property
+    def run(self):
+        return self._sub("run")
+
+    @property
+    def allowed(self):
+        return self._sub("tracker", "allowed")
+
+    @property
+    def installed(self):
+        return self._sub("installed")
+
+    def torrent(self, tag):
+        return os.path.join(self.torrents, validate_tag(tag) + ".torrent")
+
+    def torrent_meta(self, tag):
+        return os.path.join(self.torrents, validate_tag(tag) + ".json")
+
+    def run_dir(self, role, tag=None):
+        name = role if tag is None else f"{role}-{validate_tag(tag)}"
+        return os.path.join(self.run, name)
+
+    def installed_record(self, tag):
+        return os.path.join(self.installed, validate_tag(tag) + ".json")
+
+
+def write_json_atomic(path, data):
+    """Write JSON so a reader sees the old file or the new one, never half of one."""
+    directory = os.path.dirname(path)
+    ensure_dir(directory)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_json(path, default=None):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return default
+    except ValueError:
+        return default
+
+
+def sha256_file(path, bufsize=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(bufsize)
+            if not block:
+                break
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,23 @@
+"""Salt loader entry point: ``pip install .`` makes the modules and states load with no sync."""
+
+import os
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# In the repository this package sits at salt/_utils/salt_lssd, beside salt/_modules.
+_TREE = os.path.dirname(os.path.dirname(_HERE))
+
+
+def _loader_dir(installed_name, tree_name):
+    # setup.py installs salt/_modules as salt_lssd/loader_modules (and so on); an editable
+    # install leaves the package in the repository, where the directories keep their names.
+    installed = os.path.join(_HERE, installed_name)
+    if os.path.isdir(installed):
+        return installed
+    return os.path.join(_TREE, tree_name)
+
+
+def get_dirs():
+    return {
+        "modules": [_loader_dir("loader_modules", "_modules")],
+        "states": [_loader_dir("loader_states", "_states")],
+    }

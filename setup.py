@@ -1,0 +1,35 @@
+"""salt-lssd: large-scale server deploys over BitTorrent, as a SaltStack extension.
+
+The repository's ``salt/`` directory is a Salt file tree (the classic install: file_roots or
+gitfs plus ``saltutil.sync_all``). ``pip install .`` installs the same code as the
+``salt_lssd`` package and registers its loader directories through the ``salt.loader`` entry
+point, so the ``lssd`` execution and state modules load with no sync.
+"""
+
+from setuptools import setup
+
+setup(
+    name="salt-lssd",
+    version="0.1.0",
+    description="Large-scale server deploys over BitTorrent, driven by Salt",
+    long_description=__doc__,
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=["salt_lssd", "salt_lssd.loader_modules", "salt_lssd.loader_states"],
+    package_dir={
+        "salt_lssd": "salt/_utils/salt_lssd",
+        "salt_lssd.loader_modules": "salt/_modules",
+        "salt_lssd.loader_states": "salt/_states",
+    },
+    install_requires=["libtorrent>=2.0", "pyyaml"],
+    extras_require={
+        "salt": ["salt>=3006"],
+        "tests": [
+            "salt>=3006",
+            "pytest>=7",
+            "pytest-salt-factories>=1.0.0",
+            "pytest-timeout",
+        ],
+    },
+    entry_points={"salt.loader": ["lssd = salt_lssd.loader:get_dirs"]},
+)
