@@ -3,6 +3,7 @@
 import sys
 import traceback
 
+from salt_lssd import LssdError
 from salt_lssd.procs import Reporter
 
 
@@ -21,11 +22,14 @@ def main(argv):
             from salt_lssd import swarm
 
             swarm.run(role, reporter)
+    except LssdError as exc:  # an expected refusal (port in use...): its message says it all
+        reporter.report(status="failed", error=str(exc))
+        return 1
     except Exception as exc:  # report why, for the Salt job waiting on us
         traceback.print_exc()
         reporter.report(status="failed", error=str(exc) or type(exc).__name__)
         return 1
-    if reporter._state.get("status") not in ("failed",):
+    if reporter.status not in ("failed", "done"):
         reporter.report(status="stopped")
     return 0
 

@@ -1,5 +1,7 @@
 """Bencoding (BEP 3), strict on decode: the tracker and the torrent code share it."""
 
+import re
+
 
 def encode(value):
     out = []
@@ -33,9 +35,17 @@ def _encode(value, out):
         raise TypeError(f"cannot bencode {type(value).__name__}")
 
 
+# Canonical forms only: no leading zeros, no "-0", no whitespace or underscores.
+_INT = re.compile(rb"0|-?[1-9][0-9]*")
+_LEN = re.compile(rb"0|[1-9][0-9]*")
+
+
 def decode(data):
     """Decode one bencoded value that must span all of ``data``."""
-    value, end = _decode(data, 0)
+    try:
+        value, end = _decode(data, 0)
+    except RecursionError:
+        raise ValueError("bencoded data nested too deeply") from None
     if end != len(data):
         raise ValueError(f"trailing data after bencoded value at offset {end}")
     return value
@@ -47,7 +57,10 @@ def _decode(data, i):
     c = data[i : i + 1]
     if c == b"i":
         end = data.index(b"e", i)
-        return int(data[i + 1 : end]), end + 1
+        digits = bytes(data[i + 1 : end])
+        if not _INT.fullmatch(digits):
+            raise ValueError(f"invalid bencoded integer {digits!r} at offset {i}")
+        return int(digits), end + 1
     if c == b"l":
         i += 1
         items = []
@@ -66,7 +79,10 @@ def _decode(data, i):
         return items, i + 1
     if c.isdigit():
         colon = data.index(b":", i)
-        length = int(data[i:colon])
+        digits = bytes(data[i:colon])
+        if not _LEN.fullmatch(digits):
+            raise ValueError(f"invalid bencoded string length {digits!r} at offset {i}")
+        length = int(digits)
         start = colon + 1
         if start + length > len(data):
             raise ValueError("truncated bencoded string")

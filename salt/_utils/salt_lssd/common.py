@@ -106,6 +106,8 @@ def write_json_atomic(path, data):
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

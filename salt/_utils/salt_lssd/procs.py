@@ -70,6 +70,10 @@ def state(run_dir):
     return data
 
 
+def read_config(run_dir):
+    return read_json(os.path.join(run_dir, "config.json"), default={}) or {}
+
+
 def spawn(role, run_dir, config, ready_timeout=30):
     """Start ``role`` detached with ``config``; return its first reported state.
 
@@ -112,6 +116,8 @@ def spawn(role, run_dir, config, ready_timeout=30):
     finally:
         log.close()
     deadline = time.monotonic() + ready_timeout
+    # Before the child writes its pidfile it does not count as running: give it a moment.
+    grace = time.monotonic() + 5
     while time.monotonic() < deadline:
         current = state(run_dir)
         status = current.get("status")
@@ -119,8 +125,8 @@ def spawn(role, run_dir, config, ready_timeout=30):
             raise LssdError(f"{role} failed to start: {current.get('error', 'see ' + run_dir + '/log')}")
         if status and status != "starting":
             return current
-        if status is None and not current["running"] and os.path.exists(os.path.join(run_dir, "pid")):
-            break
+        if status in (None, "starting") and not current["running"] and time.monotonic() > grace:
+            break  # died before reporting anything useful
         time.sleep(0.05)
     current = state(run_dir)
     if current["running"]:
@@ -168,7 +174,7 @@ class Reporter:
 
     def __init__(self, run_dir):
         self.run_dir = run_dir
-        self.config = read_json(os.path.join(run_dir, "config.json"), default={})
+        self.config = read_config(run_dir)
         self.stopping = False
         self._state = {"status": "starting", "pid": os.getpid(), "started": time.time()}
         signal.signal(signal.SIGTERM, self._on_term)
@@ -178,6 +184,10 @@ class Reporter:
 
     def _on_term(self, signum, frame):
         self.stopping = True
+
+    @property
+    def status(self):
+        return self._state.get("status")
 
     def report(self, **fields):
         self._state.update(fields)

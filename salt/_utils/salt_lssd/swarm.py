@@ -1,0 +1,242 @@
+"""The swarm clients: a seeder and a peer, each one libtorrent session in a detached process.
+
+The seeder serves one archive (seed mode: the data was just hashed, so no recheck) until it
+is stopped. The peer downloads one archive into the state directory, reports progress, and
+after completion keeps seeding for ``linger`` seconds so late peers still find pieces among
+their neighbours, then exits by itself. Installing the archive is not done here: the Salt job
+waiting on the peer verifies the SHA-256 and installs it (install.py), so a failed install
+never takes the swarm down with it.
+
+Both are driven from libtorrent's alert loop; every second a ``state_update_alert`` (asked for
+with ``post_torrent_updates``) refreshes ``state.json`` for ``lssd.status`` and for the
+waiting job.
+"""
+
+import time
+
+from salt_lssd import LssdError
+
+# Peer-id prefixes (Azureus style) that tell the seeder from other peers, so a peer can report
+# how many bytes came from the seeder and how many from its neighbours.
+SEEDER_FINGERPRINT = "-LS0100-"
+PEER_FINGERPRINT = "-LP0100-"
+_SEEDER_PID = SEEDER_FINGERPRINT.encode()
+_BLOCK = 16 * 1024  # libtorrent's request (block) size
+
+
+def settings(role, listen="0.0.0.0:0", overrides=None):
+    """libtorrent settings for a datacenter swarm. Every departure from the default says why."""
+    import libtorrent as lt
+
+    pack = {
+        "listen_interfaces": listen,
+        # Closed datacenter swarm: peers come from our tracker only. DHT/LSD/UPnP/NAT-PMP
+        # would broadcast or reach out of the datacenter for nothing.
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "dht_bootstrap_nodes": "",
+        # Several hosts can share one address (NAT, tests on loopback): tell peers apart by
+        # port, not by IP.
+        "allow_multiple_connections_per_ip": True,
+        # TCP only. uTP's congestion control costs a lot of CPU per byte (alone it saturated
+        # the 2 lab cores) and buys nothing on a datacenter LAN.
+        "enable_incoming_utp": False,
+        "enable_outgoing_utp": False,
+        # No tit-for-tat: every peer is ours, so everyone is unchoked (-1 = unlimited slots).
+        # Choking only delays pieces that would be passed on (~measured as a large part of the
+        # gap between stock and tuned settings in LAB-FINDINGS).
+        "choking_algorithm": 0,  # fixed_slots_choker, with unlimited slots below
+        "unchoke_slots_limit": -1,
+        # Keep ~1 s of requests outstanding instead of 3: with every peer unchoked a deep
+        # queue spreads the same piece over many senders and makes the seeder send pieces
+        # twice (~9% faster in the lab).
+        "request_queue_time": 1,
+        # Our tracker asks for re-announces every few seconds; libtorrent's default floor of
+        # 300 s would ignore it and late peers would not be found.
+        "min_announce_interval": 5,
+        # A whole fleet connects at once; the default backlog of 5 drops incoming SYNs.
+        "listen_queue_size": 512,
+        "connections_limit": 500,
+        # Connect to the peers the tracker hands out straight away rather than 30 at a time.
+        "torrent_connect_boost": 100,
+        "connection_speed": 100,
+        # Peers we talk to are on the same LAN: give up on dead ones quickly.
+        "peer_connect_timeout": 5,
+        "min_reconnect_time": 2,
+        # Stopping a role should not wait 5 s for the tracker's answer to "stopped".
+        "stop_tracker_timeout": 1,
+        "peer_fingerprint": SEEDER_FINGERPRINT if role == "seeder" else PEER_FINGERPRINT,
+        "user_agent": "salt-lssd",
+        # Block alerts come at wire speed (~6,000/s at 100 MB/s); the default queue of 2000
+        # drops some between two polls and the seeder/peer split would come out short.
+        "alert_queue_size": 100000,
+        "alert_mask": (
+            lt.alert.category_t.error_notification
+            | lt.alert.category_t.status_notification
+            | lt.alert.category_t.tracker_notification
+            | lt.alert.category_t.storage_notification
+            # One alert per 16 KiB block received: how a peer tells bytes from the seeder
+            # from bytes from its neighbours.
+            | (lt.alert.category_t.block_progress_notification if role == "peer" else 0)
+        ),
+    }
+    if overrides:
+        pack.update(overrides)
+    return pack
+
+
+def run(role, reporter):
+    import libtorrent as lt
+
+    config = reporter.config
+    with open(config["torrent"], "rb") as fh:
+        ti = lt.torrent_info(lt.bdecode(fh.read()))
+    ses = lt.session(settings(role, config.get("listen", "0.0.0.0:0"), config.get("settings")))
+    atp = lt.add_torrent_params()
+    atp.ti = ti
+    atp.save_path = config["save_path"]
+    # Not auto-managed: libtorrent's queueing must never pause our one torrent.
+    atp.flags &= ~lt.torrent_flags.auto_managed
+    atp.flags &= ~lt.torrent_flags.paused
+    if role == "seeder":
+        # The archive was hashed moments ago to make the torrent; don't read it all again.
+        atp.flags |= lt.torrent_flags.seed_mode
+    handle = ses.add_torrent(atp)
+    ports = [ses.listen_port()]
+    loop = _SeederLoop if role == "seeder" else _PeerLoop
+    loop(reporter, ses, handle, config, ports[0]).run()
+
+
+class _Loop:
+    def __init__(self, reporter, ses, handle, config, port):
+        self.reporter = reporter
+        self.ses = ses
+        self.handle = handle
+        self.config = config
+        self.port = port
+        self.started = time.time()
+        self.error = None
+        self.tracker_error = None
+        self.from_seeder = 0  # bytes received from the seeder ...
+        self.from_peers = 0  # ... and from other peers (counted per block_finished_alert)
+
+    def status_fields(self, st):
+        return {
+            "progress": round(st.progress * 100, 2),
+            "total_done": st.total_done,
+            "total_wanted": st.total_wanted,
+            "downloaded": st.total_payload_download,
+            "uploaded": st.all_time_upload,
+            "download_rate": st.download_payload_rate,
+            "upload_rate": st.upload_payload_rate,
+            "peers": st.num_peers,
+            "seeds": st.num_seeds,
+            "tracker_error": self.tracker_error,
+            "port": self.port,
+        }
+
+    def count_block(self, alert):
+        """Account one downloaded block to the seeder or to the other peers."""
+        ti = self.handle.torrent_file()
+        piece_size = ti.piece_size(alert.piece_index)
+        size = min(_BLOCK, piece_size - alert.block_index * _BLOCK)
+        if alert.pid.to_bytes().startswith(_SEEDER_PID):
+            self.from_seeder += size
+        else:
+            self.from_peers += size
+
+    def handle_alerts(self, lt):
+        for alert in self.ses.pop_alerts():
+            if isinstance(alert, lt.state_update_alert):
+                for st in alert.status:
+                    self.on_status(st)
+            elif isinstance(alert, lt.block_finished_alert):
+                self.count_block(alert)
+            elif isinstance(alert, lt.torrent_finished_alert):
+                self.on_finished()
+            elif isinstance(alert, lt.tracker_error_alert):
+                self.tracker_error = alert.message()
+            elif isinstance(alert, lt.tracker_reply_alert):
+                self.tracker_error = None
+            elif isinstance(alert, (lt.file_error_alert, lt.torrent_error_alert)):
+                self.error = alert.message()
+            elif isinstance(alert, lt.listen_failed_alert):
+                self.error = alert.message()
+
+    def run(self):
+        import libtorrent as lt
+
+        next_update = 0.0
+        try:
+            while not self.reporter.stopping and not self.done():
+                self.ses.wait_for_alert(250)
+                now = time.monotonic()
+                if now >= next_update:
+                    self.ses.post_torrent_updates()
+                    next_update = now + 1.0
+                self.handle_alerts(lt)
+                if self.error:
+                    raise LssdError(self.error)
+        finally:
+            self.ses.remove_torrent(self.handle)  # announces "stopped" (bounded by stop_tracker_timeout)
+            self.ses.pause()
+
+    def done(self):
+        return False
+
+    def on_finished(self):
+        pass
+
+    def on_status(self, st):
+        self.reporter.report(status=self.current_status(), **self.status_fields(st))
+
+
+class _SeederLoop(_Loop):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.reporter.report(status="seeding", port=self.port)
+
+    def current_status(self):
+        return "seeding"
+
+
+class _PeerLoop(_Loop):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.finished_at = None
+        self.linger = float(self.config.get("linger", 30))
+        # A peer that never completes must not run forever: the Salt job gives up after
+        # `timeout`, and so does the process (with some slack for its own last report).
+        self.deadline = time.time() + float(self.config.get("timeout", 3600)) + 30
+        self.reporter.report(status="downloading", port=self.port, progress=0.0)
+
+    def current_status(self):
+        return "lingering" if self.finished_at else "downloading"
+
+    def on_status(self, st):
+        fields = self.status_fields(st)
+        fields.update(from_seeder=self.from_seeder, from_peers=self.from_peers)
+        if self.finished_at:
+            fields["finished"] = self.finished_at
+            fields["seconds"] = round(self.finished_at - self.started, 3)
+        self.reporter.report(status=self.current_status(), **fields)
+
+    def on_finished(self):
+        if self.finished_at is None:
+            self.finished_at = time.time()
+            self.ses.post_torrent_updates()
+
+    def done(self):
+        now = time.time()
+        if self.finished_at is not None:
+            return now >= self.finished_at + self.linger
+        if now >= self.deadline:
+            raise LssdError("download did not complete before the process deadline")
+        return False
+
+    def run(self):
+        super().run()
+        if self.finished_at is not None:
+            self.reporter.report(status="done")

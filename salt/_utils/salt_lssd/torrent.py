@@ -1,0 +1,136 @@
+"""Making and reading the .torrent that names one deploy's archive.
+
+Torrents are BitTorrent v1 (BEP 3, so any standard client can join) and private (BEP 27: no
+DHT, PEX or LSD; our tracker is the only source of peers). The .torrent travels to the peers
+through the Salt mine, so its size is bounded: the piece size grows with the archive so the
+piece hashes stay under ``MAX_PIECES * 20`` bytes.
+"""
+
+import hashlib
+import os
+import time
+from urllib.parse import urlsplit
+
+from salt_lssd import LssdError, __version__, bencode
+
+# Small pieces spread fastest through a fresh swarm: a peer can serve a piece to others as
+# soon as it has it, and the seeder's first copies reach more peers sooner. Measured on a
+# 16-peer loopback/namespace swarm (LAB-FINDINGS): 64 KiB pieces finished ~50% sooner than
+# 1 MiB ones, 4 MiB ones much later.
+MIN_PIECE_SIZE = 64 * 1024
+# 8192 pieces x 20-byte SHA-1 = 160 KiB of hashes: the .torrent stays well under the 512 KiB
+# we allow it in the mine. A 512 MiB archive still gets 64 KiB pieces.
+MAX_PIECES = 8192
+
+
+def piece_size_for(size):
+    """The piece size for an archive of ``size`` bytes: a power of two >= MIN_PIECE_SIZE."""
+    piece = MIN_PIECE_SIZE
+    while (size + piece - 1) // piece > MAX_PIECES:
+        piece *= 2
+    return piece
+
+
+def announce_url(host, port):
+    """Announce URL of our tracker. libtorrent only talks to a loopback tracker whose path
+    starts with /announce (SSRF mitigation), so every URL we make has that path."""
+    if not host:
+        raise LssdError("tracker host is empty; set pillar lssd:tracker:host or pass tracker=")
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise LssdError(f"tracker port {port!r} is not a number; allowed: 1-65535") from None
+    if not 0 < port < 65536:
+        raise LssdError(f"tracker port {port} is out of range; allowed: 1-65535")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}/announce"
+
+
+def check_announce_url(url):
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LssdError(f"tracker {url!r} is not an http(s) URL such as http://tracker01:8998/announce")
+    if not parts.path.startswith("/announce"):
+        raise LssdError(f"tracker {url!r} must have a path starting with /announce")
+    return url
+
+
+def make_torrent(archive, torrent_path, tracker, lssd=None):
+    """Hash ``archive`` and write a private v1 .torrent announcing ``tracker``.
+
+    ``lssd`` (tag, sha256, compression...) is kept in the torrent's top-level ``lssd`` key:
+    outside the info dictionary, so it does not change the info-hash and other clients
+    ignore it, and the archive's SHA-256 travels with the torrent wherever it goes.
+
+    Returns ``{"torrent", "infohash", "piece_size", "pieces", "size"}``.
+    """
+    check_announce_url(tracker)
+    size = os.path.getsize(archive)
+    piece_size = piece_size_for(size)
+    hashes = []
+    with open(archive, "rb") as fh:
+        while True:
+            block = fh.read(piece_size)
+            if not block:
+                break
+            hashes.append(hashlib.sha1(block).digest())
+    info = {
+        "length": size,
+        "name": os.path.basename(archive),
+        "piece length": piece_size,
+        "pieces": b"".join(hashes),
+        "private": 1,
+    }
+    meta = {
+        "announce": tracker,
+        "created by": f"salt-lssd {__version__}",
+        "creation date": int(time.time()),
+        "info": info,
+    }
+    if lssd:
+        meta["lssd"] = lssd
+    data = bencode.encode(meta)
+    tmp = torrent_path + ".tmp"
+    os.makedirs(os.path.dirname(torrent_path), exist_ok=True)
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, torrent_path)
+    return {
+        "torrent": os.path.abspath(torrent_path),
+        "infohash": hashlib.sha1(bencode.encode(info)).hexdigest(),
+        "piece_size": piece_size,
+        "pieces": len(hashes),
+        "size": size,
+    }
+
+
+def read_torrent(data):
+    """Parse single-file .torrent bytes.
+
+    Returns ``{"infohash", "name", "size", "piece_size", "tracker", "lssd"}``; ``lssd`` is
+    what :py:func:`make_torrent` kept (str keys and values), or ``{}``.
+    """
+    try:
+        meta = bencode.decode(data)
+        info = meta[b"info"]
+        name = info[b"name"].decode("utf-8")
+        size = int(info[b"length"])
+        piece_size = int(info[b"piece length"])
+        tracker = meta.get(b"announce", b"").decode("utf-8")
+        lssd = {
+            k.decode("utf-8"): v.decode("utf-8") if isinstance(v, bytes) else v
+            for k, v in meta.get(b"lssd", {}).items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise LssdError(f"not a single-file v1 .torrent: {exc}") from None
+    if "/" in name or name in ("", ".", ".."):
+        raise LssdError(f"torrent names file {name!r}; a single plain file name is required")
+    return {
+        "infohash": hashlib.sha1(bencode.encode(info)).hexdigest(),
+        "name": name,
+        "size": size,
+        "piece_size": piece_size,
+        "tracker": tracker,
+        "lssd": lssd,
+    }

@@ -1,0 +1,501 @@
+"""The HTTP tracker: a real detached process answering real HTTP, plus the Tracker class in-process."""
+
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+from salt_lssd import LssdError, bencode, procs
+from salt_lssd import tracker as tracker_mod
+from salt_lssd.tracker import Tracker, allow, fetch_status, make_server
+
+INFOHASH = bytes(range(20))
+OTHER_INFOHASH = bytes(range(100, 120))
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout=10, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class RunningTracker:
+    def __init__(self, state_dir, run_dir, port):
+        self.state_dir = state_dir
+        self.run_dir = run_dir
+        self.port = port
+
+    def request(self, method, path, body=None, headers=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.getheader("Content-Type"), response.read()
+        finally:
+            conn.close()
+
+    def get(self, path):
+        status, content_type, body = self.request("GET", path)
+        assert status == 200
+        return content_type, body
+
+    def announce(self, **params):
+        content_type, body = self.get("/announce?" + query(**params))
+        assert content_type == "text/plain"
+        return bencode.decode(body)
+
+    def scrape(self, *info_hashes):
+        path = "/scrape"
+        if info_hashes:
+            path += "?" + urllib.parse.urlencode([("info_hash", ih) for ih in info_hashes])
+        content_type, body = self.get(path)
+        assert content_type == "text/plain"
+        return bencode.decode(body)
+
+    def status(self):
+        content_type, body = self.get("/status")
+        assert content_type == "application/json"
+        return json.loads(body)
+
+
+def query(**params):
+    """An announce query; defaults make a valid leecher on port 6881. ``None`` drops a field."""
+    fields = {
+        "info_hash": INFOHASH,
+        "peer_id": b"-LT2110-" + b"0" * 12,
+        "port": 6881,
+        "uploaded": 0,
+        "downloaded": 0,
+        "left": 1000,
+        "compact": 1,
+    }
+    fields.update(params)
+    return urllib.parse.urlencode({k: v for k, v in fields.items() if v is not None})
+
+
+def peer_id(n):
+    return b"-LT2110-" + b"%012d" % n
+
+
+@pytest.fixture
+def start_tracker(state_dir, request):
+    def start(register=True, **config):
+        run_dir = os.path.join(state_dir, "run", "tracker")
+        port = free_port()
+        config = dict({"bind": "127.0.0.1", "port": port, "state_dir": state_dir}, **config)
+        if register:
+            allow(state_dir, INFOHASH.hex(), "Deploy1")
+        request.addfinalizer(lambda: procs.stop(run_dir))
+        state = procs.spawn("tracker", run_dir, config)
+        assert state["status"] == "running"
+        assert state["port"] == port
+        return RunningTracker(state_dir, run_dir, port)
+
+    return start
+
+
+@pytest.fixture
+def running(start_tracker):
+    return start_tracker()
+
+
+def decode_compact(peers):
+    assert len(peers) % 6 == 0
+    return [
+        (socket.inet_ntoa(peers[i : i + 4]), int.from_bytes(peers[i + 4 : i + 6], "big"))
+        for i in range(0, len(peers), 6)
+    ]
+
+
+# -- malformed requests ------------------------------------------------------------------------
+
+MALFORMED = [
+    ("missing info_hash", {"info_hash": None}, ["info_hash"]),
+    ("short info_hash", {"info_hash": b"\x01" * 19}, ["info_hash", "01" * 19, "19 bytes"]),
+    ("long info_hash", {"info_hash": b"\x02" * 21}, ["info_hash", "02" * 21, "21 bytes"]),
+    ("missing peer_id", {"peer_id": None}, ["peer_id"]),
+    ("short peer_id", {"peer_id": b"abc"}, ["peer_id", "'abc'", "3 bytes"]),
+    ("missing port", {"port": None}, ["port"]),
+    ("non-numeric port", {"port": "http"}, ["port", "'http'"]),
+    ("negative port", {"port": "-1"}, ["port", "'-1'"]),
+    ("port zero", {"port": 0}, ["port", "0"]),
+    ("port too big", {"port": 70000}, ["port", "70000"]),
+    ("negative uploaded", {"uploaded": "-5"}, ["uploaded", "'-5'"]),
+    ("non-numeric downloaded", {"downloaded": "lots"}, ["downloaded", "'lots'"]),
+    ("negative left", {"left": "-1"}, ["left", "'-1'"]),
+    ("fractional left", {"left": "1.5"}, ["left", "'1.5'"]),
+    ("missing left", {"left": None}, ["left"]),
+    ("negative numwant", {"numwant": "-3"}, ["numwant", "'-3'"]),
+    ("non-numeric numwant", {"numwant": "many"}, ["numwant", "'many'"]),
+    ("unknown event", {"event": "exploded"}, ["event", "'exploded'"]),
+    ("bad compact", {"compact": "2"}, ["compact", "'2'"]),
+]
+
+
+@pytest.mark.parametrize(
+    "params,expected", [pytest.param(p, e, id=i) for i, p, e in MALFORMED]
+)
+def test_malformed_announce_gets_failure_reason(running, params, expected):
+    reason = running.announce(**params)[b"failure reason"].decode()
+    for word in expected:
+        assert word in reason, reason
+
+
+@pytest.mark.parametrize(
+    "path,expected",
+    [
+        pytest.param(
+            "/announce?" + query() + "&info_hash=%zz", ["bad query encoding", "%zz"], id="bad-escape"
+        ),
+        pytest.param("/announce?" + query() + "&port=6882", ["port", "2 times"], id="duplicate-port"),
+        pytest.param("/favicon.ico", ["unknown path", "/favicon.ico"], id="unknown-path"),
+        pytest.param("/announce/?" + query(), ["unknown path", "/announce/"], id="announce-slash"),
+        pytest.param("/scrape?info_hash=abc", ["info_hash", "'abc'", "3 bytes"], id="scrape-short-hash"),
+    ],
+)
+def test_malformed_path_gets_failure_reason(running, path, expected):
+    content_type, body = running.get(path)
+    assert content_type == "text/plain"
+    reason = bencode.decode(body)[b"failure reason"].decode()
+    for word in expected:
+        assert word in reason, reason
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_other_methods_get_failure_reason(running, method):
+    status, content_type, body = running.request(method, "/announce?" + query(), body=b"x=1")
+    assert (status, content_type) == (200, "text/plain")
+    reason = bencode.decode(body)[b"failure reason"].decode()
+    assert method in reason and "GET" in reason
+
+
+def test_head_gets_failure_headers_without_body(running):
+    status, content_type, body = running.request("HEAD", "/announce?" + query())
+    assert (status, content_type, body) == (200, "text/plain", b"")
+
+
+def test_still_serves_after_flood_of_malformed_requests(running):
+    garbage = [
+        b"GARBAGE\r\n\r\n",
+        b"\x00\xff\x13BitTorrent protocol" + bytes(48),
+        b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n",
+        b"GET /announce?info_hash=%ZZ HTTP/1.0\r\n\r\n",
+        b"GET /announce HTTP/9.9\r\n\r\n",
+        b"BREW /coffee HTTP/1.0\r\n\r\n",
+        b"GET /announce?" + query(info_hash=b"\xff" * 20).encode() + b" HTTP/1.0\r\n\r\n",
+        b"POST /announce HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello",
+    ]
+    answers = []
+
+    def hammer():
+        for _ in range(15):
+            for data in garbage:
+                with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+                    sock.sendall(data)
+                    sock.shutdown(socket.SHUT_WR)
+                    chunks = []
+                    while chunk := sock.recv(65536):
+                        chunks.append(chunk)
+                    answers.append(b"".join(chunks))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(answers) == 4 * 15 * len(garbage)
+    for answer in answers:
+        assert b"<html" not in answer.lower() and b"Traceback" not in answer
+        assert b"failure reason" in answer, answer[:200]
+    assert running.announce()[b"interval"] == 10
+    assert procs.state(running.run_dir)["running"]
+    with open(os.path.join(running.run_dir, "log"), "rb") as fh:
+        assert b"Traceback" not in fh.read()  # bad requests are answered, not logged
+
+
+# -- announce ----------------------------------------------------------------------------------
+
+
+def test_compact_answer_lists_other_peers_not_the_requester(running):
+    first = running.announce(peer_id=peer_id(1), port=6001)
+    assert first[b"peers"] == b""
+    assert (first[b"interval"], first[b"min interval"]) == (10, 5)
+    second = running.announce(peer_id=peer_id(2), port=6002, left=0)
+    assert decode_compact(second[b"peers"]) == [("127.0.0.1", 6001)]
+    assert (second[b"complete"], second[b"incomplete"]) == (1, 1)
+    third = running.announce(peer_id=peer_id(3), port=6003)
+    assert sorted(decode_compact(third[b"peers"])) == [("127.0.0.1", 6001), ("127.0.0.1", 6002)]
+
+
+def test_non_compact_answer_with_and_without_peer_id(running):
+    running.announce(peer_id=peer_id(1), port=6001)
+    listed = running.announce(peer_id=peer_id(2), port=6002, compact=0)[b"peers"]
+    assert listed == [{b"ip": b"127.0.0.1", b"port": 6001, b"peer id": peer_id(1)}]
+    listed = running.announce(peer_id=peer_id(2), port=6002, compact=0, no_peer_id=1)[b"peers"]
+    assert listed == [{b"ip": b"127.0.0.1", b"port": 6001}]
+
+
+def test_client_supplied_ip_is_ignored(running):
+    running.announce(peer_id=peer_id(1), port=6001, ip="10.9.8.7")
+    peers = running.announce(peer_id=peer_id(2), port=6002)[b"peers"]
+    assert decode_compact(peers) == [("127.0.0.1", 6001)]
+
+
+def test_stopped_removes_peer(running):
+    running.announce(peer_id=peer_id(1), port=6001)
+    assert decode_compact(running.announce(peer_id=peer_id(2), port=6002)[b"peers"])
+    gone = running.announce(peer_id=peer_id(1), port=6001, event="stopped")
+    assert gone[b"incomplete"] == 1
+    assert running.announce(peer_id=peer_id(2), port=6002)[b"peers"] == b""
+
+
+def test_scrape_counts(running):
+    running.announce(peer_id=peer_id(1), port=6001, event="started")
+    running.announce(peer_id=peer_id(2), port=6002, event="started")
+    running.announce(peer_id=peer_id(3), port=6003, left=0)  # the original seeder
+    for _ in range(2):  # a repeated completed event counts once
+        running.announce(peer_id=peer_id(1), port=6001, left=0, event="completed")
+    files = running.scrape(INFOHASH)[b"files"]
+    assert files == {INFOHASH: {b"complete": 2, b"incomplete": 1, b"downloaded": 1}}
+    assert running.scrape()[b"files"] == files  # no info_hash: every torrent seen
+    # Unregistered hashes are left out, registered ones are in.
+    assert running.scrape(OTHER_INFOHASH, INFOHASH)[b"files"] == files
+
+
+def test_unregistered_hash_is_refused_then_served_once_allowed(start_tracker):
+    running = start_tracker(register=False)
+    reason = running.announce()[b"failure reason"].decode()
+    assert reason == f"info_hash {INFOHASH.hex()} is not registered with this tracker"
+    record = allow(running.state_dir, INFOHASH.hex().upper(), "Deploy2")
+    assert record["infohash"] == INFOHASH.hex() and record["changed"]
+    assert allow(running.state_dir, INFOHASH.hex(), "Deploy2")["changed"] is False
+    answer = running.announce()
+    assert b"failure reason" not in answer and answer[b"incomplete"] == 1
+
+
+@pytest.mark.parametrize("bad", ["", "00" * 19, "00" * 21, "zz" * 20, None, INFOHASH])
+def test_allow_refuses_bad_hex(state_dir, bad):
+    with pytest.raises(LssdError, match="info-hash") as caught:
+        allow(state_dir, bad, "Deploy1")
+    assert repr(bad) in str(caught.value)
+    assert not os.path.exists(os.path.join(state_dir, "tracker", "allowed")) or not os.listdir(
+        os.path.join(state_dir, "tracker", "allowed")
+    )
+
+
+def test_allow_refuses_bad_tag(state_dir):
+    with pytest.raises(LssdError, match="a/b"):
+        allow(state_dir, INFOHASH.hex(), "a/b")
+
+
+def test_status_json(running):
+    allow(running.state_dir, OTHER_INFOHASH.hex(), "Deploy0")
+    running.announce(peer_id=peer_id(1), port=6001, left=0)
+    running.announce(peer_id=peer_id(2), port=6002)
+    status = running.status()
+    assert status["interval"] == 10
+    assert abs(status["started"] - time.time()) < 60
+    assert status["torrents"] == {
+        INFOHASH.hex(): {"tag": "Deploy1", "seeders": 1, "leechers": 1, "completed": 0, "peers": 2},
+        OTHER_INFOHASH.hex(): {"tag": "Deploy0", "seeders": 0, "leechers": 0, "completed": 0, "peers": 0},
+    }
+    assert fetch_status("127.0.0.1", running.port) == running.status()
+
+
+def test_fetch_status_names_url_when_nothing_listens():
+    port = free_port()
+    with pytest.raises(LssdError, match=f"127.0.0.1:{port}/status"):
+        fetch_status("0.0.0.0", port, timeout=2)
+
+
+def test_peers_expire(start_tracker):
+    running = start_tracker(peer_expiry=0.5)
+    running.announce(peer_id=peer_id(1), port=6001)
+    assert running.status()["torrents"][INFOHASH.hex()]["peers"] == 1
+    wait_for(
+        lambda: running.status()["torrents"][INFOHASH.hex()]["peers"] == 0, what="peer expiry"
+    )
+    assert running.announce(peer_id=peer_id(2), port=6002)[b"peers"] == b""
+
+
+def test_port_in_use_fails_the_start(state_dir):
+    run_dir = os.path.join(state_dir, "run", "tracker")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        try:
+            with pytest.raises(LssdError, match=f"port {port} on 127.0.0.1 is already in use"):
+                procs.spawn("tracker", run_dir, {"bind": "127.0.0.1", "port": port, "state_dir": state_dir})
+        finally:
+            procs.stop(run_dir)
+    wait_for(lambda: not procs.state(run_dir)["running"], what="the failed tracker to exit")
+    assert procs.state(run_dir)["status"] == "failed"
+
+
+def test_stop_is_clean(running):
+    pid = procs.stop(running.run_dir)
+    assert pid is not None
+    assert procs.state(running.run_dir)["status"] == "stopped"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", running.port), timeout=2).close()
+
+
+# -- the Tracker class, in-process -------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def core(state_dir, clock):
+    allow(state_dir, INFOHASH.hex(), "Deploy1")
+    return Tracker(state_dir, numwant_default=50, numwant_max=200, peer_expiry=35, clock=clock)
+
+
+def announce(core, n, left=1000, ip=None, **extra):
+    params = {"info_hash": INFOHASH, "peer_id": peer_id(n), "port": str(10000 + n), "left": str(left),
+              "compact": "1"}
+    params.update(extra)
+    return bencode.decode(core.announce(params, ip or f"10.0.{n // 250}.{n % 250 + 1}"))
+
+
+def test_numwant_default_and_cap(core):
+    for n in range(300):
+        announce(core, n)
+    assert len(announce(core, 0)[b"peers"]) == 50 * 6
+    assert len(announce(core, 0, numwant="10")[b"peers"]) == 10 * 6
+    assert len(announce(core, 0, numwant="100000")[b"peers"]) == 200 * 6
+    assert announce(core, 0, numwant="0")[b"peers"] == b""
+    peers = decode_compact(announce(core, 0, numwant="200")[b"peers"])
+    assert len(set(peers)) == 200 and ("10.0.0.1", 10000) not in peers
+
+
+def test_seeders_are_not_given_seeders(core):
+    for n in range(10):
+        announce(core, n, left=0)
+    for n in range(10, 15):
+        announce(core, n)
+    given = decode_compact(announce(core, 0, left=0, numwant="200")[b"peers"])
+    assert sorted(port - 10000 for _, port in given) == list(range(10, 15))
+    # A leecher gets seeders and leechers.
+    given = decode_compact(announce(core, 10, numwant="200")[b"peers"])
+    assert sorted(port - 10000 for _, port in given) == [n for n in range(15) if n != 10]
+
+
+def test_leecher_becoming_seeder_moves(core):
+    announce(core, 1)
+    answer = announce(core, 1, left=0, event="completed")
+    assert (answer[b"complete"], answer[b"incomplete"]) == (1, 0)
+    files = bencode.decode(core.scrape([INFOHASH]))[b"files"]
+    assert files[INFOHASH] == {b"complete": 1, b"incomplete": 0, b"downloaded": 1}
+
+
+def test_expiry_with_clock(core, clock):
+    announce(core, 1)
+    clock.now += 20
+    announce(core, 2)
+    clock.now += 20  # peer 1 is 40 s old, peer 2 is 20 s old
+    answer = announce(core, 3)
+    assert [port for _, port in decode_compact(answer[b"peers"])] == [10002]
+    assert answer[b"incomplete"] == 2
+
+
+def test_ipv6_peers_go_to_peers6_and_mapped_ipv4_to_peers(core):
+    announce(core, 1, ip="2001:db8::1")
+    announce(core, 2, ip="::ffff:10.1.2.3")
+    answer = announce(core, 3, ip="10.1.2.4")
+    assert decode_compact(answer[b"peers"]) == [("10.1.2.3", 10002)]
+    assert answer[b"peers6"] == socket.inet_pton(socket.AF_INET6, "2001:db8::1") + (10001).to_bytes(2, "big")
+    listed = announce(core, 3, ip="10.1.2.4", compact="0", numwant="1", no_peer_id="1")[b"peers"]
+    assert len(listed) == 1 and set(listed[0]) == {b"ip", b"port"}
+
+
+def test_peers_per_torrent_are_capped(state_dir, clock):
+    allow(state_dir, INFOHASH.hex(), "Deploy1")
+    core = Tracker(state_dir, max_peers_per_torrent=3, clock=clock)
+    for n in range(5):
+        answer = announce(core, n)
+    assert answer[b"incomplete"] == 3
+    assert len(answer[b"peers"]) == 3 * 6  # an unrecorded peer still gets peers
+
+
+def test_torrents_are_capped(state_dir, clock):
+    allow(state_dir, INFOHASH.hex(), "Deploy1")
+    allow(state_dir, OTHER_INFOHASH.hex(), "Deploy2")
+    core = Tracker(state_dir, max_torrents=1, clock=clock)
+    announce(core, 1)
+    reason = announce(core, 1, info_hash=OTHER_INFOHASH)[b"failure reason"].decode()
+    assert OTHER_INFOHASH.hex() in reason and "max_torrents" in reason
+
+
+@pytest.mark.parametrize(
+    "setting", [{"interval": 0}, {"numwant_max": "many"}, {"peer_expiry": -1}, {"interval": True}]
+)
+def test_bad_settings_are_refused(state_dir, setting):
+    name = next(iter(setting))
+    with pytest.raises(LssdError, match=name):
+        Tracker(state_dir, **setting)
+
+
+def test_unexpected_error_is_logged_once_and_answered(core, monkeypatch, capfd):
+    def explode(params, remote_ip):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(core, "announce", explode)
+    server = make_server(core, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        port = server.server_address[1]
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/announce?" + query())
+            response = conn.getresponse()
+            assert (response.status, response.getheader("Content-Type")) == (200, "text/plain")
+            reason = bencode.decode(response.read())[b"failure reason"].decode()
+            conn.close()
+            assert "internal tracker error (RuntimeError)" in reason
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/status")
+        assert json.loads(conn.getresponse().read())["torrents"]
+        conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    err = capfd.readouterr().err
+    assert err.count("RuntimeError: boom") == 1
+
+
+def test_urls():
+    assert tracker_mod.status_url("0.0.0.0", 8998) == "http://127.0.0.1:8998/status"
+    assert tracker_mod.status_url("::", 8998) == "http://[::1]:8998/status"
+    assert tracker_mod.status_url("10.1.2.3", 8998) == "http://10.1.2.3:8998/status"
+    assert tracker_mod.announce_url("tracker01", 8998) == "http://tracker01:8998/announce"
