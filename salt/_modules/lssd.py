@@ -46,7 +46,7 @@ except ImportError:
         salt_lssd = None
 
 if salt_lssd is not None:
-    from salt_lssd import LssdError, common, install, pack, procs, tracker
+    from salt_lssd import LssdError, common, install, pack, procs, releases, tracker
     from salt_lssd import torrent as metainfo
 else:  # pragma: no cover - __virtual__ refuses to load
     LssdError = Exception
@@ -385,6 +385,31 @@ def _local_torrent(tag):
     return meta
 
 
+@_wrap
+def torrent_info(tag):
+    """
+    The torrent :py:func:`create_torrent` made for ``tag`` on this minion, or None if there
+    is none (or its archive or .torrent is gone): what create_torrent returned (``archive``,
+    ``torrent``, ``infohash``, ``sha256``, ``size`` ...) plus ``seeding``, whether a seeder
+    for that info-hash runs. The ``lssd.seeding`` state reuses this torrent unless told to
+    rebuild.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt build01 lssd.torrent_info Deploy1
+    """
+    common.validate_tag(tag)
+    try:
+        meta = _local_torrent(tag)
+    except LssdError:
+        return None
+    run_dir = _layout().run_dir("seeder", tag)
+    seeding = procs.state(run_dir)["running"] and procs.read_config(run_dir).get("infohash") == meta["infohash"]
+    return dict(meta, seeding=seeding)
+
+
 def published(tag):
     """
     What this seeder publishes to the mine for ``tag``: the .torrent (base64), its
@@ -559,6 +584,21 @@ def _stop_role(role, tag, withdraw=False):
 # --------------------------------------------------------------------------- peer
 
 
+def _destination_path(destination_path):
+    """``destination_path`` or its pillar default; LssdError if neither is set."""
+    destination_path = destination_path or _conf("destination_path")
+    if not destination_path:
+        raise LssdError("destination_path is not set: pass destination_path= or set pillar lssd:destination_path")
+    return destination_path
+
+
+def _no_tag_directory(no_tag_directory):
+    return _bool(
+        no_tag_directory if no_tag_directory is not None else _conf("no_tag_directory", False),
+        "no_tag_directory",
+    )
+
+
 def _get_torrent(tag, torrent, nonce):
     """Torrent bytes and info for ``tag``: from ``torrent`` (path or salt:// URL) or the mine."""
     if torrent is None:
@@ -634,16 +674,11 @@ def peer(
         salt web01 lssd.peer Deploy1 torrent=salt://builds/Deploy1.torrent
     """
     common.validate_tag(tag)
-    destination_path = destination_path or _conf("destination_path")
-    if not destination_path:
-        raise LssdError("destination_path is not set: pass destination_path= or set pillar lssd:destination_path")
+    destination_path = _destination_path(destination_path)
     timeout = _number(timeout, "timeout", 1)
     linger = _number(linger if linger is not None else _conf("linger", 30), "linger")
     install_args = {
-        "no_tag_directory": _bool(
-            no_tag_directory if no_tag_directory is not None else _conf("no_tag_directory", False),
-            "no_tag_directory",
-        ),
+        "no_tag_directory": _no_tag_directory(no_tag_directory),
         "unsafe_please_delete": _bool(
             unsafe_please_delete if unsafe_please_delete is not None else _conf("unsafe_please_delete", False),
             "unsafe_please_delete",
@@ -767,6 +802,278 @@ def _wait_for_download(tag, run_dir, archive, timeout):
 
 
 @_wrap
+def lookup(tag, torrent=None, nonce=None):
+    """
+    What a peer would download for ``tag``, without downloading it: the info-hash, the
+    archive's SHA-256 and size, and (from the mine) the seeder and its nonce.
+
+    tag
+        The deploy tag.
+    torrent
+        A .torrent path or ``salt://`` URL. Default: the mine entry ``lssd_torrent_<tag>``.
+    nonce
+        Only accept the mine entry with this nonce. Default: any.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web01 lssd.lookup Deploy1
+    """
+    common.validate_tag(tag)
+    if torrent is None:
+        found = _from_mine(tag, nonce)
+        info, entry = found["info"], found["entry"]
+    else:
+        info, entry = _get_torrent(tag, torrent, nonce)[1], {}
+    return {
+        "tag": tag,
+        "infohash": info["infohash"],
+        "sha256": info["lssd"].get("sha256"),
+        "size": info["size"],
+        "seeder": entry.get("seeder"),
+        "nonce": entry.get("nonce"),
+    }
+
+
+@_wrap
+def installed(tag=None):
+    """
+    What :py:func:`peer` installed on this minion and is still in place: per tag, the
+    target directory, the archive's SHA-256 and when. Without ``tag``: every tag.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web01 lssd.installed
+        salt web01 lssd.installed Deploy1
+    """
+    layout = _layout()
+    if tag is not None:
+        names = [common.validate_tag(tag) + ".json"]
+    elif os.path.isdir(layout.installed):
+        names = sorted(n for n in os.listdir(layout.installed) if n.endswith(".json"))
+    else:
+        names = []
+    found = {}
+    for name in names:
+        record = common.read_json(os.path.join(layout.installed, name))
+        if record and os.path.isdir(record.get("target", "")):
+            found[name[: -len(".json")]] = record
+    return found.get(tag) if tag is not None else found
+
+
+@_wrap
+def forget(tag):
+    """
+    Drop the record that ``tag`` is installed (the installed tree is left alone). Used by
+    the ``lssd.absent`` state after it removed the tree.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web01 lssd.forget Deploy1
+    """
+    path = _layout().installed_record(tag)
+    if os.path.exists(path):
+        os.unlink(path)
+        return True
+    return False
+
+
+@_wrap
+def target(tag, destination_path=None, no_tag_directory=None):
+    """
+    Where :py:func:`peer` installs ``tag``, with the pillar defaults resolved: returns
+    ``tag``, ``destination_path``, ``no_tag_directory`` and ``target`` (the tag's directory).
+
+    tag
+        The deploy tag.
+    destination_path
+        Absolute directory. Default: pillar ``lssd:destination_path``.
+    no_tag_directory
+        The target is ``destination_path`` itself. Default: pillar ``lssd:no_tag_directory``,
+        else False.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web01 lssd.target Deploy1
+        salt web01 lssd.target Deploy1 destination_path=/opt/app
+    """
+    common.validate_tag(tag)
+    destination_path = _destination_path(destination_path)
+    no_tag_directory = _no_tag_directory(no_tag_directory)
+    # unsafe_please_delete: only the path is wanted here, not the refusal of a full target.
+    plan = install.check(destination_path, tag, no_tag_directory=no_tag_directory, unsafe_please_delete=True)
+    return {
+        "tag": tag,
+        "destination_path": os.path.normpath(str(destination_path)),
+        "no_tag_directory": no_tag_directory,
+        "target": plan["target"],
+    }
+
+
+def _absolute_destination(destination_path):
+    destination_path = os.path.normpath(str(_destination_path(destination_path)))
+    if not os.path.isabs(destination_path):
+        raise LssdError(f"destination_path {destination_path!r} must be an absolute path")
+    return destination_path
+
+
+@_wrap
+def switch_current(tag, destination_path=None, link="current", test=False):
+    """
+    Point the symlink ``destination_path/<link>`` at the installed tag directory
+    ``destination_path/<tag>`` (a relative link), atomically: a new symlink is made beside
+    the old one and renamed over it. A file or directory named ``link`` is never replaced.
+
+    tag
+        The deploy tag; ``destination_path/<tag>`` must be a directory.
+    destination_path
+        Absolute directory. Default: pillar ``lssd:destination_path``.
+    link
+        Name of the symlink. Default: ``current``.
+    test
+        Only say what would change. Default: False.
+
+    Returns ``changed``, ``link`` (the symlink's path), ``old`` (what it pointed to, None if
+    it did not exist) and ``new``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web01 lssd.switch_current Deploy2 destination_path=/opt/app
+        salt web01 lssd.switch_current Deploy2 link=live
+    """
+    common.validate_tag(tag)
+    return releases.switch(_absolute_destination(destination_path), tag, link=link, dry_run=_bool(test, "test"))
+
+
+def _uninstall(tag, destination_path, force, test):
+    layout = _layout()
+    record = common.read_json(layout.installed_record(tag))
+    if record and record.get("target"):
+        tree = os.path.normpath(record["target"])
+    elif destination_path or _conf("destination_path"):
+        tree = os.path.join(_absolute_destination(destination_path), tag)
+    else:
+        tree = None
+    if tree is not None and not os.path.lexists(tree):
+        tree = None
+    links = []
+    if tree is not None:
+        if os.path.basename(tree) != tag and not force:
+            raise LssdError(
+                f"{tag} was installed into {tree!r} itself (no_tag_directory), which may hold more "
+                f"than the tag; set force: True to delete {tree!r}"
+            )
+        links = releases.remove(tree, force=force, dry_run=True)
+    files = _tgz_files(layout, tag)
+    has_record = os.path.exists(layout.installed_record(tag))
+    result = {
+        "changed": bool(tree or files or has_record),
+        "tag": tag,
+        "target": tree,
+        "links": links,
+        "files": files,
+        "record": has_record,
+    }
+    if not result["changed"]:
+        return dict(result, comment=f"nothing of {tag} to remove")
+    if test:
+        return dict(result, comment=f"would remove {tag}")
+    # Archive first: rm_tgz refuses while this minion seeds the tag, before anything is gone.
+    _stop_role("peer", tag)
+    rm_tgz(tag)
+    if tree is not None:
+        releases.remove(tree, force=force)
+    forget(tag)
+    _fire(f"lssd/peer/{tag}/removed", {"tag": tag, "target": tree})
+    return dict(result, comment=f"removed {tag}")
+
+
+@_wrap
+def uninstall(tag, destination_path=None, force=False, test=False):
+    """
+    Remove ``tag`` from this minion: its installed directory, its archive and torrent
+    (stopping a lingering peer first) and the record that it is installed.
+
+    tag
+        The deploy tag.
+    destination_path
+        Where to look when there is no install record: ``destination_path/<tag>`` is removed.
+        Default: pillar ``lssd:destination_path``. A record (written by :py:func:`peer`)
+        names the directory and wins.
+    force
+        Also remove a tag that a symlink beside it (such as ``current``) points to, and the
+        symlink; and a tag installed with ``no_tag_directory`` (the whole destination_path).
+        Default: False.
+    test
+        Only say what would be removed. Default: False.
+
+    Refused while this minion seeds the tag (``lssd.seed_stop`` it first). Returns
+    ``changed``, ``target`` (the removed directory or None), ``links``, ``files`` and
+    ``record`` (whether a record was dropped).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web01 lssd.uninstall Deploy1
+        salt web01 lssd.uninstall Deploy1 destination_path=/opt/app force=True
+    """
+    common.validate_tag(tag)
+    return _uninstall(tag, destination_path, _bool(force, "force"), _bool(test, "test"))
+
+
+@_wrap
+def prune(keep, destination_path=None, newest=None, test=False):
+    """
+    Keep the ``keep`` most recently installed tags in ``destination_path`` and remove the
+    older ones (as :py:func:`uninstall` does). Only tags :py:func:`peer` installed there count;
+    nothing else in the directory is touched, and a tag a symlink there (such as ``current``)
+    points to is kept.
+
+    keep
+        How many tags to keep, 1 or more.
+    destination_path
+        Absolute directory. Default: pillar ``lssd:destination_path``.
+    newest
+        A tag to count as the most recent whatever its record says (the one just deployed).
+        Default: none.
+    test
+        Only say what would be removed. Default: False.
+
+    Returns ``changed``, ``keep``, ``protected`` (older tags kept because a symlink points to
+    them) and ``remove`` (the tags removed, or that would be).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web01 lssd.prune 3 destination_path=/opt/app
+    """
+    destination_path = _absolute_destination(destination_path)
+    if newest is not None:
+        common.validate_tag(newest)
+    plan = releases.prune_plan(installed(), destination_path, keep, newest=newest)
+    plan.pop("targets")
+    if not _bool(test, "test"):
+        for tag in plan["remove"]:
+            _uninstall(tag, destination_path, force=False, test=False)
+    if plan["remove"]:
+        comment = ("would remove " if _bool(test, "test") else "removed ") + ", ".join(plan["remove"])
+    else:
+        comment = f"no more than {len(plan['keep'])} tags in {destination_path}"
+    return dict(plan, changed=bool(plan["remove"]), comment=comment)
+
+
+@_wrap
 def peer_stop(tag=None):
     """
     Stop the download or lingering seeding of ``tag`` (default: every tag).
@@ -778,6 +1085,19 @@ def peer_stop(tag=None):
         salt 'web*' lssd.peer_stop
     """
     return _stop_role("peer", tag)
+
+
+def _tgz_files(layout, tag):
+    """The archive and torrent files of ``tag`` on this minion (what rm_tgz removes)."""
+    candidates = [layout.torrent(tag), layout.torrent_meta(tag)]
+    if os.path.isdir(layout.archives):
+        prefix = tag + "."
+        candidates += [
+            os.path.join(layout.archives, name)
+            for name in os.listdir(layout.archives)
+            if name.startswith(prefix) or name.startswith(tag + "--")
+        ]
+    return [path for path in candidates if os.path.isfile(path)]
 
 
 @_wrap
@@ -802,18 +1122,9 @@ def rm_tgz(tag):
                 f"stop it first (lssd.{'peer_stop' if role == 'peer' else 'seed_stop'} {tag})"
             )
     removed = []
-    candidates = [layout.torrent(tag), layout.torrent_meta(tag)]
-    if os.path.isdir(layout.archives):
-        prefix = tag + "."
-        candidates += [
-            os.path.join(layout.archives, name)
-            for name in os.listdir(layout.archives)
-            if name.startswith(prefix) or name.startswith(tag + "--")
-        ]
-    for path in candidates:
-        if os.path.isfile(path):
-            os.unlink(path)
-            removed.append(path)
+    for path in _tgz_files(layout, tag):
+        os.unlink(path)
+        removed.append(path)
     return {"changed": bool(removed), "removed": removed,
             "comment": f"removed {len(removed)} files" if removed else f"nothing of {tag} to remove"}
 

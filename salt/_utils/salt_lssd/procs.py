@@ -122,6 +122,7 @@ def spawn(role, run_dir, config, ready_timeout=30):
         current = state(run_dir)
         status = current.get("status")
         if status == "failed":
+            stop(run_dir)  # it is exiting by itself; make sure it is gone before we answer
             raise LssdError(f"{role} failed to start: {current.get('error', 'see ' + run_dir + '/log')}")
         if status and status != "starting":
             return current
