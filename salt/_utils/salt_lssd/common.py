@@ -4,7 +4,8 @@ A minion keeps everything lssd owns below one *state directory* (default
 ``<cachedir>/lssd``) so several minions can share a machine::
 
     <state_dir>/
-      archives/<tag>.tar[.gz|.zst]   packed build (seeder) or downloaded archive (peer)
+      archives/<tag>.tar[.gz|.zst]   packed build (seeder) or downloaded archive (peer);
+                                     <tag>--<file name> with path_is_file
       torrents/<tag>.torrent         the .torrent; <tag>.json beside it keeps sha256 and size
       run/<role>[-<tag>]/            one directory per detached process:
                                      pid, config.json, state.json, log
@@ -25,7 +26,12 @@ _TAG_MAX = 128
 
 
 def validate_tag(tag):
-    """Return ``tag`` if it is a safe name, else raise LssdError naming what is wrong."""
+    """Return ``tag`` as a str if it is a safe name, else raise LssdError naming what is wrong.
+
+    An int is taken as its digits: YAML reads ``tag: 20261125`` as a number.
+    """
+    if isinstance(tag, int) and not isinstance(tag, bool):
+        tag = str(tag)
     if not isinstance(tag, str):
         raise LssdError(f"tag {tag!r} must be a string, not {type(tag).__name__}")
     if not tag:
@@ -39,7 +45,7 @@ def validate_tag(tag):
     if tag.startswith(".") or tag.startswith("-"):
         raise LssdError(f"tag {tag!r} may not start with '.' or '-'")
     bad = [c for c in tag if c.isspace() or not c.isprintable()]
-    if bad:
+    if bad:  # named apart from the character list below: the commonest mistake
         raise LssdError(
             f"tag {tag!r} may not contain whitespace or control characters (found {bad[0]!r})"
         )
@@ -102,7 +108,7 @@ def write_json_atomic(path, data):
     """Write JSON so a reader sees the old file or the new one, never half of one."""
     directory = os.path.dirname(path)
     ensure_dir(directory)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".partial")
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, sort_keys=True)
