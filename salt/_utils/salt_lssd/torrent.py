@@ -42,9 +42,12 @@ def announce_url(host, port):
         raise LssdError(f"tracker port {port!r} is not a number; allowed: 1-65535") from None
     if not 0 < port < 65536:
         raise LssdError(f"tracker port {port} is out of range; allowed: 1-65535")
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}/announce"
+    return f"http://{url_host(host)}:{port}/announce"
+
+
+def url_host(host):
+    """``host`` as it goes in a URL: an IPv6 address in brackets."""
+    return f"[{host.strip('[]')}]" if ":" in host else host
 
 
 def check_announce_url(url):

@@ -32,6 +32,7 @@ from collections import OrderedDict
 
 from salt_lssd import LssdError, __version__, bencode
 from salt_lssd.common import Layout, read_json, validate_tag, write_json_atomic
+from salt_lssd.torrent import announce_url, url_host
 
 DEFAULT_BIND = "0.0.0.0"
 DEFAULT_PORT = 8998
@@ -724,19 +725,10 @@ def run(reporter):
 # -- clients of a running tracker --------------------------------------------------------------
 
 
-def _url_host(host):
-    return f"[{host.strip('[]')}]" if ":" in host else host
-
-
-def announce_url(host, port):
-    """The announce URL a .torrent names for the tracker at ``host``:``port``."""
-    return f"http://{_url_host(host)}:{port}/announce"
-
-
 def status_url(bind, port):
     """The URL of the /status page of a tracker bound to ``bind`` (a wildcard means this host)."""
     host = _WILDCARDS.get(bind or "", bind)
-    return f"http://{_url_host(host)}:{port}/status"
+    return f"http://{url_host(host)}:{port}/status"
 
 
 def fetch_status(host, port, timeout=5):
