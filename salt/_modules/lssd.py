@@ -266,7 +266,7 @@ def tracker_allow(torrent=None, tag=None):
             info = metainfo.read_torrent(fh.read())
         name_tag = info.get("tag") or os.path.splitext(os.path.basename(ref))[0]
     else:
-        common.validate_tag(ref)
+        ref = common.validate_tag(ref)
         local = _layout().torrent(ref)
         if os.path.isfile(local):
             with open(local, "rb") as fh:
@@ -336,7 +336,7 @@ def create_torrent(tag, files_path=None, tracker=None, compression=None, exclude
         salt build01 lssd.create_torrent Deploy1 files_path=/srv/builds/app
         salt build01 lssd.create_torrent Deploy1 compression=gzip exclude='[".git*", "*.log"]'
     """
-    common.validate_tag(tag)
+    tag = common.validate_tag(tag)
     files_path = files_path or _conf("seeder_files_path")
     if not files_path:
         raise LssdError("files_path is not set: pass files_path= or set pillar lssd:seeder_files_path")
@@ -400,13 +400,15 @@ def torrent_info(tag):
 
         salt build01 lssd.torrent_info Deploy1
     """
-    common.validate_tag(tag)
+    tag = common.validate_tag(tag)
     try:
         meta = _local_torrent(tag)
     except LssdError:
         return None
     run_dir = _layout().run_dir("seeder", tag)
-    seeding = procs.state(run_dir)["running"] and procs.read_config(run_dir).get("infohash") == meta["infohash"]
+    seeding = procs.state(run_dir)["running"] and (
+        procs.read_config(run_dir).get("infohash") == meta["infohash"]
+    )
     return dict(meta, seeding=seeding)
 
 
@@ -497,7 +499,7 @@ def seed_start(tag, publish=True, publish_timeout=60):
 
         salt build01 lssd.seed_start Deploy1
     """
-    common.validate_tag(tag)
+    tag = common.validate_tag(tag)
     layout = _layout()
     meta = _local_torrent(tag)
     run_dir = layout.run_dir("seeder", tag)
@@ -555,7 +557,8 @@ def seed_stop(tag=None):
 def _run_dirs(role, tag=None):
     layout = _layout()
     if tag is not None:
-        return {tag: layout.run_dir(role, common.validate_tag(tag))}
+        tag = common.validate_tag(tag)
+        return {tag: layout.run_dir(role, tag)}
     found = {}
     if os.path.isdir(layout.run):
         for name in sorted(os.listdir(layout.run)):
@@ -588,7 +591,9 @@ def _destination_path(destination_path):
     """``destination_path`` or its pillar default; LssdError if neither is set."""
     destination_path = destination_path or _conf("destination_path")
     if not destination_path:
-        raise LssdError("destination_path is not set: pass destination_path= or set pillar lssd:destination_path")
+        raise LssdError(
+            "destination_path is not set: pass destination_path= or set pillar lssd:destination_path"
+        )
     return destination_path
 
 
@@ -673,7 +678,7 @@ def peer(
         salt 'web*' lssd.peer Deploy1 destination_path=/opt/app
         salt web01 lssd.peer Deploy1 torrent=salt://builds/Deploy1.torrent
     """
-    common.validate_tag(tag)
+    tag = common.validate_tag(tag)
     destination_path = _destination_path(destination_path)
     timeout = _number(timeout, "timeout", 1)
     linger = _number(linger if linger is not None else _conf("linger", 30), "linger")
@@ -820,7 +825,7 @@ def lookup(tag, torrent=None, nonce=None):
 
         salt web01 lssd.lookup Deploy1
     """
-    common.validate_tag(tag)
+    tag = common.validate_tag(tag)
     if torrent is None:
         found = _from_mine(tag, nonce)
         info, entry = found["info"], found["entry"]
@@ -851,7 +856,8 @@ def installed(tag=None):
     """
     layout = _layout()
     if tag is not None:
-        names = [common.validate_tag(tag) + ".json"]
+        tag = common.validate_tag(tag)
+        names = [tag + ".json"]
     elif os.path.isdir(layout.installed):
         names = sorted(n for n in os.listdir(layout.installed) if n.endswith(".json"))
     else:
@@ -904,7 +910,7 @@ def target(tag, destination_path=None, no_tag_directory=None):
         salt web01 lssd.target Deploy1
         salt web01 lssd.target Deploy1 destination_path=/opt/app
     """
-    common.validate_tag(tag)
+    tag = common.validate_tag(tag)
     destination_path = _destination_path(destination_path)
     no_tag_directory = _no_tag_directory(no_tag_directory)
     # unsafe_please_delete: only the path is wanted here, not the refusal of a full target.
@@ -950,8 +956,9 @@ def switch_current(tag, destination_path=None, link="current", test=False):
         salt web01 lssd.switch_current Deploy2 destination_path=/opt/app
         salt web01 lssd.switch_current Deploy2 link=live
     """
-    common.validate_tag(tag)
-    return releases.switch(_absolute_destination(destination_path), tag, link=link, dry_run=_bool(test, "test"))
+    tag = common.validate_tag(tag)
+    destination_path = _absolute_destination(destination_path)
+    return releases.switch(destination_path, tag, link=link, dry_run=_bool(test, "test"))
 
 
 def _uninstall(tag, destination_path, force, test):
@@ -1027,12 +1034,12 @@ def uninstall(tag, destination_path=None, force=False, test=False):
         salt web01 lssd.uninstall Deploy1
         salt web01 lssd.uninstall Deploy1 destination_path=/opt/app force=True
     """
-    common.validate_tag(tag)
+    tag = common.validate_tag(tag)
     return _uninstall(tag, destination_path, _bool(force, "force"), _bool(test, "test"))
 
 
 @_wrap
-def prune(keep, destination_path=None, newest=None, test=False):
+def prune(keep, destination_path=None, newest=None, link=None, test=False):
     """
     Keep the ``keep`` most recently installed tags in ``destination_path`` and remove the
     older ones (as :py:func:`uninstall` does). Only tags :py:func:`peer` installed there count;
@@ -1046,6 +1053,10 @@ def prune(keep, destination_path=None, newest=None, test=False):
     newest
         A tag to count as the most recent whatever its record says (the one just deployed).
         Default: none.
+    link
+        With ``newest`` and ``test``: the name of a symlink (such as ``current``) about to be
+        pointed at ``newest``, so the tag it points to now is not kept for its sake. Ignored
+        without ``test``: a real prune never removes a tag a symlink points to. Default: none.
     test
         Only say what would be removed. Default: False.
 
@@ -1061,13 +1072,15 @@ def prune(keep, destination_path=None, newest=None, test=False):
     destination_path = _absolute_destination(destination_path)
     if newest is not None:
         common.validate_tag(newest)
-    plan = releases.prune_plan(installed(), destination_path, keep, newest=newest)
+    test = _bool(test, "test")
+    link = link if test else None
+    plan = releases.prune_plan(installed(), destination_path, keep, newest=newest, link=link)
     plan.pop("targets")
-    if not _bool(test, "test"):
+    if not test:
         for tag in plan["remove"]:
             _uninstall(tag, destination_path, force=False, test=False)
     if plan["remove"]:
-        comment = ("would remove " if _bool(test, "test") else "removed ") + ", ".join(plan["remove"])
+        comment = ("would remove " if test else "removed ") + ", ".join(plan["remove"])
     else:
         comment = f"no more than {len(plan['keep'])} tags in {destination_path}"
     return dict(plan, changed=bool(plan["remove"]), comment=comment)
@@ -1112,7 +1125,7 @@ def rm_tgz(tag):
 
         salt 'web*' lssd.rm_tgz Deploy1
     """
-    common.validate_tag(tag)
+    tag = common.validate_tag(tag)
     layout = _layout()
     for role in ("peer", "seeder"):
         current = procs.state(layout.run_dir(role, tag))

@@ -22,6 +22,8 @@ SEEDER_FINGERPRINT = "-LS0100-"
 PEER_FINGERPRINT = "-LP0100-"
 _SEEDER_PID = SEEDER_FINGERPRINT.encode()
 _BLOCK = 16 * 1024  # libtorrent's request (block) size
+# Seconds before announcing again after the tracker refused us or could not be reached.
+_TRACKER_RETRY = 2
 
 
 def settings(role, listen="0.0.0.0:0", overrides=None):
@@ -158,6 +160,11 @@ class _Loop:
                 self.on_finished()
             elif isinstance(alert, lt.tracker_error_alert):
                 self.tracker_error = alert.message()
+                # libtorrent backs off for minutes after a refusal, but ours is usually brief:
+                # a seeder starts before tracker_allow registers its torrent (the tracker
+                # learns the torrent from the mine entry seed_start publishes), or the
+                # tracker is restarting. Ask again soon.
+                self.handle.force_reannounce(_TRACKER_RETRY)
             elif isinstance(alert, lt.tracker_reply_alert):
                 self.tracker_error = None
             elif isinstance(alert, (lt.file_error_alert, lt.torrent_error_alert)):
