@@ -32,7 +32,7 @@ def cpu_times():
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peers", type=int, default=8)
-    parser.add_argument("--size-mb", type=int, default=100)
+    parser.add_argument("--size-mb", type=float, default=100)
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
 
@@ -43,8 +43,7 @@ def main():
         common.ensure_dir(seeder.archives)
         archive = os.path.join(seeder.archives, "Bench1.tar")
         with open(archive, "wb") as fh:
-            for _ in range(args.size_mb):
-                fh.write(os.urandom(1 << 20))
+            fh.write(os.urandom(int(args.size_mb * (1 << 20))))
         size = os.path.getsize(archive)
 
         tracker_dir = os.path.join(work, "tracker")
@@ -88,11 +87,17 @@ def main():
             print(f"only {len(finished)} of {len(peers)} peers finished within {args.timeout}s")
             return 1
         times = sorted(t - start for t in finished.values())
+        procs.stop(seeder.run_dir("seeder", "Bench1"))  # its last report has the final total
         uploaded = procs.state(seeder.run_dir("seeder", "Bench1")).get("uploaded", 0)
         cpu = (busy1 - busy0) / max(1, total1 - total0)
         print(f"peers={args.peers} size={size / 1e6:.0f}MB piece={made['piece_size'] // 1024}KiB")
         print(f"T_first={times[0]:.2f}s T_median={statistics.median(times):.2f}s T_last={times[-1]:.2f}s")
         print(f"seeder upload = {uploaded / size:.2f} x archive size; CPU busy {cpu:.0%} of all cores")
+        for run in peers:
+            st = procs.state(run)
+            print(f"  {os.path.basename(os.path.dirname(os.path.dirname(run)))}: {st.get('seconds')}s "
+                  f"from seeder {st.get('from_seeder')} + from peers {st.get('from_peers')} "
+                  f"= {(st.get('from_seeder', 0) + st.get('from_peers', 0)) / size:.3f} x archive")
         print(f"aggregate delivered {args.peers * size / times[-1] / 1e6:.0f} MB/s")
         return 0
     finally:

@@ -177,7 +177,8 @@ class Reporter:
         self.run_dir = run_dir
         self.config = read_config(run_dir)
         self.stopping = False
-        self._state = {"status": "starting", "pid": os.getpid(), "started": time.time()}
+        self.started = time.time()
+        self._state = {"status": "starting", "pid": os.getpid(), "started": self.started}
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         write_pidfile(run_dir)
