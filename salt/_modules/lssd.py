@@ -704,8 +704,8 @@ def peer(
     common.ensure_dir(layout.torrents)
     torrent_path = layout.torrent(tag)
     run_dir = layout.run_dir("peer", tag)
-    archive = os.path.join(layout.archives, info["name"])
-    common.ensure_dir(layout.archives)
+    archive = os.path.join(layout.downloads, info["name"])
+    common.ensure_dir(layout.downloads)
 
     current = procs.state(run_dir)
     if current["running"] and procs.read_config(run_dir).get("infohash") != info["infohash"]:
@@ -717,7 +717,7 @@ def peer(
         os.replace(torrent_path + ".tmp", torrent_path)
         config = {
             "torrent": torrent_path,
-            "save_path": layout.archives,
+            "save_path": layout.downloads,
             "tag": tag,
             "infohash": info["infohash"],
             "linger": linger,
@@ -1101,15 +1101,23 @@ def peer_stop(tag=None):
 
 
 def _tgz_files(layout, tag):
-    """The archive and torrent files of ``tag`` on this minion (what rm_tgz removes)."""
+    """The archive and torrent files of ``tag`` on this minion (what rm_tgz removes).
+
+    Exact names only: the packed names a tag can have, and the archive its torrent or
+    create_torrent record names (a path_is_file archive), never a prefix match that would
+    catch another tag's files (``v1`` vs ``v1.2``)."""
+    names = {tag + pack.archive_suffix(compression) for compression in pack.COMPRESSIONS}
+    record = common.read_json(layout.torrent_meta(tag)) or {}
+    if record.get("archive"):
+        names.add(os.path.basename(record["archive"]))
+    if os.path.isfile(layout.torrent(tag)):
+        with open(layout.torrent(tag), "rb") as fh:
+            try:
+                names.add(metainfo.read_torrent(fh.read())["name"])
+            except LssdError:
+                pass
     candidates = [layout.torrent(tag), layout.torrent_meta(tag)]
-    if os.path.isdir(layout.archives):
-        prefix = tag + "."
-        candidates += [
-            os.path.join(layout.archives, name)
-            for name in os.listdir(layout.archives)
-            if name.startswith(prefix) or name.startswith(tag + "--")
-        ]
+    candidates += [os.path.join(where, name) for where in (layout.archives, layout.downloads) for name in sorted(names)]
     return [path for path in candidates if os.path.isfile(path)]
 
 

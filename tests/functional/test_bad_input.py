@@ -154,7 +154,7 @@ def test_sha256_mismatch(make_minion, tmp_path, tracker_port):
         peer.modules.lssd.peer("Bad1", destination_path=str(dest), torrent=made["torrent"], linger=0)
     assert wrong in str(err.value)
     assert not (dest / "Bad1").exists()
-    peer_archives = os.path.join(peer.opts["cachedir"], "lssd", "archives")
+    peer_archives = os.path.join(peer.opts["cachedir"], "lssd", "downloads")
     assert os.listdir(peer_archives) == []
     seeder.modules.lssd.seed_stop()
     tracker.modules.lssd.tracker_stop()
@@ -169,3 +169,14 @@ def test_non_empty_destination_refused_before_download(make_minion, tmp_path):
         peer.modules.lssd.peer("Deploy1", destination_path=str(dest), torrent=str(tmp_path / "none.torrent"))
     assert (dest / "Deploy1" / "keep.txt").read_text() == "mine"
     assert peer.modules.lssd.status()["processes"] == []
+
+
+def test_rm_tgz_removes_only_its_own_tag(lone_minion):
+    layout = common.Layout(os.path.join(lone_minion.opts["cachedir"], "lssd"))
+    common.ensure_dir(layout.archives)
+    for name in ("v1.tar.zst", "v1.2.tar.zst", "v1--x.tar"):
+        with open(os.path.join(layout.archives, name), "wb") as fh:
+            fh.write(b"x")
+    removed = lone_minion.modules.lssd.rm_tgz("v1")["removed"]
+    assert removed == [os.path.join(layout.archives, "v1.tar.zst")]
+    assert sorted(os.listdir(layout.archives)) == ["v1--x.tar", "v1.2.tar.zst"]

@@ -236,7 +236,7 @@ def test_deployed_current_symlink_and_keep(origin, make_minion, build, build2, t
     assert sorted(os.listdir(dest)) == ["R0", "R2", "current", "notes.txt", "shared"]
     assert (dest / "shared" / "uploads.db").read_bytes() == b"user data\n"
     assert list(peer.modules.lssd.installed()) == ["R2"]
-    archives = os.listdir(os.path.join(peer.modules.lssd.status()["state_dir"], "archives"))
+    archives = os.listdir(os.path.join(peer.modules.lssd.status()["state_dir"], "downloads"))
     assert [a for a in archives if a.startswith("R1")] == []
     assert [a for a in archives if a.startswith("R2")] != []
 
@@ -285,7 +285,7 @@ def test_absent(origin, make_minion, build, build2, tmp_path):
     assert ret.changes["removed"]["target"] == str(dest / "R1") and ret.changes["removed"]["record"] is True
     assert ret.changes["removed"]["files"]
     assert not (dest / "R1").exists()
-    assert not [a for a in os.listdir(os.path.join(state_dir, "archives")) if a.startswith("R1")]
+    assert not [a for a in os.listdir(os.path.join(state_dir, "downloads")) if a.startswith("R1")]
     assert peer.modules.lssd.installed("R1") is None
     ret = peer.states.lssd.absent(name="R1", destination_path=str(dest))
     assert ret.result is True and ret.changes == {}

@@ -4,8 +4,9 @@ A minion keeps everything lssd owns below one *state directory* (default
 ``<cachedir>/lssd``) so several minions can share a machine::
 
     <state_dir>/
-      archives/<tag>.tar[.gz|.zst]   packed build (seeder) or downloaded archive (peer);
-                                     <tag>--<file name> with path_is_file
+      archives/<tag>.tar[.gz|.zst]   packed build (seeder); <tag>--<file name> with path_is_file
+      downloads/<same names>         archives a peer downloaded (apart from archives/, so a
+                                     minion that seeds and deploys a tag keeps both roles apart)
       torrents/<tag>.torrent         the .torrent; <tag>.json beside it keeps sha256 and size
       run/<role>[-<tag>]/            one directory per detached process:
                                      pid, config.json, state.json, log
@@ -73,6 +74,10 @@ class Layout:
     @property
     def archives(self):
         return self._sub("archives")
+
+    @property
+    def downloads(self):
+        return self._sub("downloads")
 
     @property
     def torrents(self):

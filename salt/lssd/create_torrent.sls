@@ -1,0 +1,23 @@
+{#- Pack lssd:seeder_files_path as tag lssd:tag and make its torrent, without seeding it
+    (ansible-lssd's create_torrent.yml). A torrent this minion already made for the tag is
+    kept unless lssd:rebuild is set. lssd.seeder does this and seeds.
+
+        salt build01 state.apply lssd.create_torrent
+-#}
+{%- from "lssd/map.jinja" import lssd with context %}
+{%- set made = salt["lssd.torrent_info"](lssd.tag) %}
+
+{%- if made and not lssd.rebuild %}
+lssd-torrent:
+  test.succeed_without_changes:
+    - name: {{ ("The torrent of " ~ lssd.tag ~ " exists (infohash " ~ made.infohash ~ ")")|json }}
+{%- else %}
+lssd-torrent:
+  module.run:
+    - lssd.create_torrent:
+      - tag: {{ lssd.tag|json }}
+      - files_path: {{ lssd.seeder_files_path|json }}
+      - compression: {{ lssd.compression|json }}
+      - exclude: {{ lssd.exclude|json }}
+      - path_is_file: {{ lssd.path_is_file|json }}
+{%- endif %}
