@@ -459,7 +459,7 @@ def _from_mine(tag, nonce=None):
         if isinstance(entry, dict) and entry.get("torrent") and (nonce is None or entry.get("nonce") == nonce)
     }
     if not entries:
-        raise LssdError(
+        raise salt_lssd.NotPublished(
             f"no seeder publishes tag {tag!r} in the mine (alias {alias})"
             + (f" with nonce {nonce}" if nonce else "")
             + ": run lssd.seed_start on the seeder first"
@@ -807,7 +807,7 @@ def _wait_for_download(tag, run_dir, archive, timeout):
 
 
 @_wrap
-def lookup(tag, torrent=None, nonce=None):
+def lookup(tag, torrent=None, nonce=None, missing_ok=False):
     """
     What a peer would download for ``tag``, without downloading it: the info-hash, the
     archive's SHA-256 and size, and (from the mine) the seeder and its nonce.
@@ -818,6 +818,9 @@ def lookup(tag, torrent=None, nonce=None):
         A .torrent path or ``salt://`` URL. Default: the mine entry ``lssd_torrent_<tag>``.
     nonce
         Only accept the mine entry with this nonce. Default: any.
+    missing_ok
+        When no seeder publishes the tag, return ``{"tag", "published": False, "comment"}``
+        instead of failing. Default: False.
 
     CLI Example:
 
@@ -827,12 +830,18 @@ def lookup(tag, torrent=None, nonce=None):
     """
     tag = common.validate_tag(tag)
     if torrent is None:
-        found = _from_mine(tag, nonce)
+        try:
+            found = _from_mine(tag, nonce)
+        except salt_lssd.NotPublished as exc:
+            if not _bool(missing_ok, "missing_ok"):
+                raise
+            return {"tag": tag, "published": False, "comment": str(exc)}
         info, entry = found["info"], found["entry"]
     else:
         info, entry = _get_torrent(tag, torrent, nonce)[1], {}
     return {
         "tag": tag,
+        "published": True,
         "infohash": info["infohash"],
         "sha256": info["lssd"].get("sha256"),
         "size": info["size"],

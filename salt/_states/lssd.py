@@ -44,10 +44,6 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "lssd"
 
-# How lssd.lookup says that no seeder publishes a tag in the mine (its seeder was stopped).
-_UNPUBLISHED = "no seeder publishes tag"
-
-
 def __virtual__():
     if "lssd.peer" not in __salt__:
         return (
@@ -363,13 +359,12 @@ def deployed(
         record = __salt__["lssd.installed"](name)
         if record and record.get("target") != target:
             record = None  # installed elsewhere: this destination does not hold it
-        try:
-            wanted = __salt__["lssd.lookup"](name, torrent=torrent)
-            unpublished = None
-        except CommandExecutionError as exc:
-            if _UNPUBLISHED not in str(exc) or not (record or __opts__["test"]):
-                raise
-            wanted, unpublished = None, str(exc)
+        wanted = __salt__["lssd.lookup"](name, torrent=torrent, missing_ok=True)
+        unpublished = None
+        if not wanted["published"]:
+            if not (record or __opts__["test"]):
+                raise CommandExecutionError(wanted["comment"])
+            wanted, unpublished = None, wanted["comment"]
 
         download = replace = False
         if record is None:

@@ -10,3 +10,7 @@ __version__ = "0.1.0"
 
 class LssdError(Exception):
     """A user-facing error: the message names the bad value and what is allowed."""
+
+
+class NotPublished(LssdError):
+    """No seeder publishes the tag (in the mine): a state may accept what is installed."""
