@@ -5,27 +5,7 @@ import signal
 import time
 
 import pytest
-
-
-def lssd_processes(under):
-    """(pid, cmdline) of live ``python -m salt_lssd`` processes whose run_dir is below ``under``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        if stat[stat.rindex(b")") + 2 :][:1] in (b"Z", b"X"):
-            continue
-        args = [a.decode("utf-8", "replace") for a in argv if a]
-        if "salt_lssd" in args and any(a.startswith(str(under)) for a in args):
-            found.append((int(entry), " ".join(args)))
-    return found
+from lssd_testutil import lssd_processes
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import socket
 import stat
 
 # Paths make_build_tree creates that DEFAULT_EXCLUDE ('.git*', '.svn*') drops.
@@ -99,3 +100,30 @@ def make_build_tree(root, data_mb=3, seed=b"lssd"):
 
 def without(manifest, excluded=EXCLUDED):
     return {rel: entry for rel, entry in manifest.items() if rel not in excluded}
+
+
+def lssd_processes(under):
+    """(pid, cmdline) of live ``python -m salt_lssd`` processes whose arguments lie below ``under``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                args = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        if stat[stat.rindex(b")") + 2 :][:1] in (b"Z", b"X"):
+            continue
+        if "salt_lssd" in args and any(a.startswith(str(under)) for a in args):
+            found.append((int(entry), " ".join(args)))
+    return found
+
+
+def free_port():
+    """A TCP port nobody listens on right now (for a tracker or a salt daemon)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

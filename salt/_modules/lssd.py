@@ -170,10 +170,13 @@ def tracker_start(port=None, bind="0.0.0.0", interval=None):
         config["interval"] = int(_number(interval, "interval", 1))
     started = procs.spawn("tracker", run_dir, config)
     started.update(changed=True, comment=f"tracker started on {bind}:{port}")
+    url = tracker_address()["url"]
     try:
-        __salt__["mine.send"](MINE_TRACKER, mine_function="lssd.tracker_address")
+        _publish(MINE_TRACKER, "lssd.tracker_address", lambda entry: entry.get("url") == url, 30)
     except Exception as exc:  # pylint: disable=broad-except
+        # Only seeders without pillar lssd:tracker:host need the mine entry; say so, go on.
         log.warning("lssd: could not publish the tracker address to the mine: %s", exc)
+        started["comment"] += f"; not published to the mine ({exc})"
     return started
 
 
@@ -215,6 +218,10 @@ def tracker_stop():
         salt tracker01 lssd.tracker_stop
     """
     pid = procs.stop(_layout().run_dir("tracker"))
+    try:
+        __salt__["mine.delete"](MINE_TRACKER)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("lssd: could not withdraw the tracker address from the mine: %s", exc)
     if pid is None:
         return {"changed": False, "comment": "tracker was not running"}
     return {"changed": True, "pid": pid, "comment": f"tracker stopped (pid {pid})"}
@@ -521,21 +528,27 @@ def seed_start(tag, publish=True, publish_timeout=60):
     started.update(changed=True, tag=tag, infohash=meta["infohash"], nonce=config["nonce"],
                    comment=f"seeding {tag}")
     if _bool(publish, "publish"):
-        _publish(tag, config["nonce"], _number(publish_timeout, "publish_timeout"))
+        _publish(
+            MINE_TORRENT_PREFIX + tag,
+            "lssd.published",
+            lambda entry: entry.get("nonce") == config["nonce"],
+            _number(publish_timeout, "publish_timeout"),
+            tag=tag,
+        )
     return started
 
 
-def _publish(tag, nonce, timeout):
-    alias = MINE_TORRENT_PREFIX + tag
-    __salt__["mine.send"](alias, mine_function="lssd.published", tag=tag)
-    # mine.send returns before the master has stored the entry: wait until it has.
+def _publish(alias, mine_function, matches, timeout, **kwargs):
+    """mine.send, then wait until the master holds an entry that ``matches``: mine.send
+    returns before the master has stored it, and peers must never read the previous one."""
+    __salt__["mine.send"](alias, mine_function=mine_function, **kwargs)
     deadline = time.monotonic() + timeout
     while True:
         entry = _mine_get(alias, __opts__["id"], "glob").get(__opts__["id"])
-        if isinstance(entry, dict) and entry.get("nonce") == nonce:
-            return
+        if isinstance(entry, dict) and matches(entry):
+            return entry
         if time.monotonic() >= deadline:
-            raise LssdError(f"the master did not store mine entry {alias} within {timeout}s")
+            raise LssdError(f"the master did not store mine entry {alias} within {timeout:g}s")
         time.sleep(0.5)
 
 

@@ -1,16 +1,10 @@
 """Minion options and loaders for functional tests (shared by conftest and test modules)."""
 
 import os
-import socket
 
 import salt.config
+from lssd_testutil import free_port  # noqa: F401  (for conftest and tests)
 from saltfactories.utils.functional import Loaders
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def minion_loaders(root, name, tracker_port, **lssd):

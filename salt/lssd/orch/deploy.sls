@@ -13,7 +13,8 @@
     5. seeding and the tracker stop, whatever happened before (order: last, no requisites).
 
     Targets and the tag come from pillar lssd as the master sees it: its own pillar (the
-    pillar top must match the master's id, <master id>_master, too) and pillar= of this run.
+    pillar top must match the master's id too, by default <hostname>_master) and pillar= of
+    this run.
     That same pillar lssd, with the tag, is handed to every role, so one run uses one tag and
     one tracker everywhere; a key the master's pillar does not set (a per-group
     destination_path, say) keeps each minion's own value, and then the default.

@@ -1,0 +1,122 @@
+"""A real salt-master and four salt-minions (tracker, seeder, web1, web2), started once for the package.
+
+See lssd_integration.py for how they are laid out.
+"""
+
+import contextlib
+import getpass
+import grp
+import os
+import pathlib
+import shutil
+import signal
+import tempfile
+import textwrap
+import time
+
+import pytest
+from lssd_testutil import make_build_tree
+
+from .lssd_integration import BUILD_MB, LINGER, PEERS, REPO, Env, free_port
+
+
+@pytest.fixture(scope="package")
+def lssd_root():
+    # Short on purpose: salt's unix sockets live below each daemon's root_dir.
+    root = pathlib.Path(tempfile.mkdtemp(prefix="lssd-it-", dir="/tmp"))
+    yield root
+    if not os.environ.get("LSSD_KEEP_TMP"):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _write_pillar(root, build, tracker_port):
+    pillar = root / "pillar"
+    pillar.mkdir()
+    user = getpass.getuser()
+    group = grp.getgrgid(os.getgid()).gr_name
+    (pillar / "top.sls").write_text(
+        "base:\n  '*':\n    - lssd\n" + "".join(f"  {peer}:\n    - {peer}\n" for peer in PEERS)
+    )
+    (pillar / "lssd.sls").write_text(
+        textwrap.dedent(
+            f"""\
+            lssd:
+              tag: Deploy1
+              seeder_files_path: {build}
+              destination_owner: {user}
+              destination_group: {group}
+              destination_mode: '0755'
+              linger: {LINGER}
+              timeout: 300
+              current: true
+              keep: 2
+              tracker:
+                host: 127.0.0.1
+                port: {tracker_port}
+                bind: 127.0.0.1
+              targets:
+                tracker: tracker
+                seeder: seeder
+                peer: 'web*'
+            """
+        )
+    )
+    # Each peer its own destination: they share this machine. Only the peers' pillar sets it,
+    # so the orchestrate (which passes the master's view of pillar lssd) leaves it alone.
+    for peer in PEERS:
+        (pillar / f"{peer}.sls").write_text(
+            f"lssd:\n  destination_path: {root / peer / 'opt' / 'app'}\n"
+        )
+    return pillar
+
+
+@pytest.fixture(scope="package")
+def lssd_env(salt_factories, lssd_root):
+    root = lssd_root
+    build = pathlib.Path(make_build_tree(root / "build", data_mb=BUILD_MB))
+    tracker_port = free_port()
+    pillar = _write_pillar(root, build, tracker_port)
+    master = salt_factories.salt_master_daemon(
+        "lssd-master",
+        defaults={"root_dir": str(root / "master")},
+        overrides={
+            "interface": "127.0.0.1",
+            "file_roots": {"base": [str(REPO / "salt")]},
+            "pillar_roots": {"base": [str(pillar)]},
+            "fileserver_list_cache_time": 0,
+        },
+        start_timeout=120,
+    )
+    minions = {
+        name: master.salt_minion_daemon(
+            name,
+            defaults={"root_dir": str(root / name)},
+            overrides={"interface": "127.0.0.1"},
+            start_timeout=120,
+        )
+        for name in ("tracker", "seeder") + PEERS
+    }
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(master.started())
+        for minion in minions.values():
+            stack.enter_context(minion.started())
+        env = Env(root, master, minions, build, tracker_port)
+        try:
+            yield env
+        finally:
+            _stop_everything(env)
+
+
+def _stop_everything(env):
+    """Stop every lssd process the package started, then insist that none survived."""
+    for function in ("lssd.peer_stop", "lssd.seed_stop", "lssd.tracker_stop"):
+        env.salt.run("-L", function, minion_tgt=",".join(env.minions))
+    deadline = time.monotonic() + 20
+    survivors = env.processes()
+    while survivors and time.monotonic() < deadline:
+        time.sleep(0.2)
+        survivors = env.processes()
+    for pid, _ in survivors:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"lssd processes outlived the integration tests: {survivors}"
