@@ -1,0 +1,594 @@
+"""The four ways of moving one payload from host 0 to N peers, on the same lab.
+
+Each scenario returns a :class:`Outcome`: the start time (wall clock, T0) and, per peer, the
+wall-clock time it had the whole payload (None if it never did). The runner turns that into
+T_first/T_median/T_last and reads the seeder's link counters and the CPU samples over the
+same interval.
+
+- ``swarm``: the data plane alone: ``python -m salt_lssd tracker|seeder|peer RUN_DIR`` in the
+  hosts' namespaces with config.json as ``procs.spawn`` writes it. Tracker and seeder run
+  first; T0 is when the bench starts the peer processes, so a peer's time includes starting
+  Python and libtorrent, meeting the tracker and connecting. Done = ``finished`` in the peer's
+  state.json (libtorrent's torrent_finished_alert: every piece hash-checked).
+- ``http``: ``python -m http.server`` on host 0, one ``curl`` per peer, all at once.
+- ``saltfs``: a salt-master on host 0 and a salt-minion per peer; ``cp.get_file
+  salt://bench/payload`` on every peer in one job; done = that minion's return reached the master.
+- ``lssd``: the same Salt cluster plus a minion on host 0 (tracker and seeder),
+  ``salt-run state.orchestrate lssd.orch.deploy``; T_last is when the orchestration returned
+  (the deploy as its user sees it: download, verify, install, stop), per-peer times are from the
+  peers' state.json ``finished``.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+sys.path.insert(0, os.path.join(REPO, "salt", "_utils"))
+
+TRACKER_PORT = 8998
+TORRENT_PORT = 6881
+HTTP_PORT = 8000
+
+
+class ScenarioError(Exception):
+    pass
+
+
+class Outcome:
+    def __init__(self, t0, done, extra=None, t_end=None):
+        self.t0 = t0
+        self.done = done  # {peer index: wall time it had the payload, or None}
+        self.extra = extra or {}
+        self.t_end = t_end  # the run's end if not the last peer's (lssd: orchestration returned)
+
+
+class Context:
+    """What every scenario shares: the lab, the payload, the options, a work directory."""
+
+    def __init__(self, lab, workdir, payload, size_bytes, args, log):
+        self.lab = lab
+        self.workdir = workdir
+        self.payload = payload
+        self.size = size_bytes
+        self.args = args
+        self.log = log
+        self.python = sys.executable
+        self.salt = None  # the Salt cluster, started on first use
+        self.up_at_start = None
+        self.cpu_at_start = None
+        self.cpu_at_end = None
+
+    def start(self):
+        """T0 of a scenario: also where host 0's upload counter and the lab's CPU are read."""
+        self.up_at_start = self.lab.upload_bytes(0)
+        self.cpu_at_start = self.lab.cpu_seconds()
+        self.cpu_at_end = None
+        return time.time()
+
+    def finish(self):
+        """The end of what a scenario measures (before it stops its processes)."""
+        self.cpu_at_end = (time.time(), self.lab.cpu_seconds())
+
+    def dir(self, *parts):
+        path = os.path.join(self.workdir, *parts)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def env(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (os.path.join(REPO, "salt", "_utils"), env.get("PYTHONPATH")) if p
+        )
+        env.pop("http_proxy", None)
+        env.pop("HTTP_PROXY", None)
+        return env
+
+    def timeout(self, swarm=False):
+        """Give-up time for one scenario: 3x the time one central server would need + 2 min, or
+        for a swarm (lssd, swarm) 10x the time one copy takes over one link + 2 min, so a stuck
+        swarm does not hold a grid for half an hour."""
+        lab = self.lab
+        one = self.size * 8 / (min(lab.seeder_rate_mbit, lab.rate_mbit) * 1e6)
+        if swarm:
+            return 10 * one + 120
+        return 3 * lab.peers * one + 120
+
+
+def proc_cpu(pid):
+    """(user, system) CPU seconds of a live process so far."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return [round(int(fields[11]) / tick, 2), round(int(fields[12]) / tick, 2)]
+    except (OSError, IndexError, ValueError):
+        return [0.0, 0.0]
+
+
+def read_state(run_dir):
+    try:
+        with open(os.path.join(run_dir, "state.json")) as fh:
+            return json.load(fh)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def write_config(run_dir, config):
+    os.makedirs(run_dir, exist_ok=True)
+    for stale in ("pid", "state.json"):
+        try:
+            os.unlink(os.path.join(run_dir, stale))
+        except FileNotFoundError:
+            pass
+    tmp = os.path.join(run_dir, ".config.json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(config, fh)
+    os.replace(tmp, os.path.join(run_dir, "config.json"))
+
+
+def wait_state(run_dir, proc, ok, timeout=60, what="process"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_state(run_dir)
+        if state.get("status") == "failed":
+            raise ScenarioError(f"{what} failed: {state.get('error')} (log: {run_dir}/log)")
+        if state.get("status") in ok:
+            return state
+        if proc.poll() is not None:
+            raise ScenarioError(f"{what} exited ({proc.returncode}) before it was ready; log: {run_dir}/log")
+        time.sleep(0.05)
+    raise ScenarioError(f"{what} not ready after {timeout}s; log: {run_dir}/log")
+
+
+def stop(procs, timeout=10):
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, 15)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, 9)
+            except ProcessLookupError:
+                pass
+
+
+# -- swarm -------------------------------------------------------------------------------------
+
+
+def make_torrent(ctx, where):
+    from salt_lssd import torrent
+
+    if ctx.args.piece_kb:
+        torrent.MIN_PIECE_SIZE = int(ctx.args.piece_kb) * 1024
+    made = torrent.make_torrent(
+        ctx.payload,
+        os.path.join(where, "payload.torrent"),
+        f"http://{ctx.lab.addr(0)}:{TRACKER_PORT}/announce",
+        lssd={"tag": "bench"},
+    )
+    return made
+
+
+def lssd_command(ctx, role, run_dir):
+    if ctx.args.variant:
+        return [ctx.python, os.path.join(BENCH, "variant.py"), role, run_dir]
+    return [ctx.python, "-m", "salt_lssd", role, run_dir]
+
+
+def swarm(ctx):
+    from salt_lssd import tracker
+
+    lab = ctx.lab
+    work = ctx.dir("swarm")
+    made = make_torrent(ctx, work)
+    state_dir = ctx.dir("swarm", "tracker-state")
+    tracker.allow(state_dir, made["infohash"], "bench")
+    settings = ctx.args.settings or None
+    variant = ctx.args.variant or {}
+    started = []
+    try:
+        run_dir = os.path.join(work, "tracker")
+        tracker_config = {"state_dir": state_dir, "bind": lab.addr(0), "port": TRACKER_PORT}
+        if variant.get("tracker_interval"):
+            tracker_config.update(interval=int(variant["tracker_interval"]), min_interval=1)
+        write_config(run_dir, tracker_config)
+        proc = lab.popen(0, lssd_command(ctx, "tracker", run_dir), os.path.join(run_dir, "log"), ctx.env())
+        started.append(proc)
+        wait_state(run_dir, proc, ("running",), what="tracker")
+
+        run_dir = os.path.join(work, "seeder")
+        write_config(run_dir, {
+            "torrent": made["torrent"],
+            "save_path": os.path.dirname(ctx.payload),
+            "tag": "bench",
+            "infohash": made["infohash"],
+            "listen": f"{lab.addr(0)}:{TORRENT_PORT}",
+            "settings": settings,
+            "bench": dict(variant),
+        })
+        seeder = lab.popen(0, lssd_command(ctx, "seeder", run_dir), os.path.join(run_dir, "log"), ctx.env())
+        started.append(seeder)
+        wait_state(run_dir, seeder, ("seeding",), what="seeder")
+        seeder_dir = run_dir
+
+        peer_dirs = {}
+        for index in range(1, lab.peers + 1):
+            run_dir = os.path.join(work, f"peer{index}")
+            knobs = dict(variant)
+            if variant.get("slices"):
+                knobs["slice"] = [index - 1, lab.peers]
+                knobs["rest_priority"] = variant.get("rest_priority", 4)
+            write_config(run_dir, {
+                "torrent": made["torrent"],
+                "save_path": os.path.join(run_dir, "data"),
+                "tag": "bench",
+                "infohash": made["infohash"],
+                "linger": 3600,  # stopped by the bench once everyone is done
+                "timeout": ctx.timeout(swarm=True),
+                "listen": f"0.0.0.0:{TORRENT_PORT}",
+                "settings": dict(settings or {}, **(ctx.args.peer_settings or {})) or None,
+                "bench": knobs,
+            })
+            peer_dirs[index] = run_dir
+        t0 = ctx.start()
+        peers = {}
+        for index, run_dir in peer_dirs.items():
+            peers[index] = lab.popen(index, lssd_command(ctx, "peer", run_dir), os.path.join(run_dir, "log"), ctx.env())
+        started.extend(peers.values())
+        done = {index: None for index in peers}
+        deadline = time.monotonic() + ctx.timeout(swarm=True)
+        failed = {}
+        trace, next_trace = [], 0.0
+        while time.monotonic() < deadline:
+            if ctx.args.trace and time.monotonic() >= next_trace:
+                next_trace = time.monotonic() + 0.5
+                states = {i: read_state(d) for i, d in peer_dirs.items()}
+                trace.append({
+                    "t": round(time.time() - t0, 2),
+                    "seeder_sent": lab.upload_bytes(0) - ctx.up_at_start,
+                    "progress": [states[i].get("progress", 0) for i in peer_dirs],
+                    "from_seeder": [states[i].get("from_seeder", 0) for i in peer_dirs],
+                    "peers": [states[i].get("peers", 0) for i in peer_dirs],
+                })
+            for index, run_dir in peer_dirs.items():
+                if done[index] is not None or index in failed:
+                    continue
+                state = read_state(run_dir)
+                if state.get("finished"):
+                    done[index] = state["finished"]
+                elif state.get("status") == "failed" or peers[index].poll() is not None:
+                    failed[index] = state.get("error") or f"exited {peers[index].returncode}"
+            if all(v is not None for v in done.values()) or len(failed) + sum(
+                v is not None for v in done.values()
+            ) == len(done):
+                break
+            # A peer's state.json carries the time it finished: polling slowly costs no
+            # accuracy, and keeps the bench's own CPU use out of the way at large N.
+            time.sleep(0.4)
+        ctx.finish()
+        t_end = max([v for v in done.values() if v] or [time.time()])
+        peer_cpu = [proc_cpu(p.pid) for p in peers.values()]
+        seeder_cpu = proc_cpu(seeder.pid)
+        # Lingering peers and the seeder rewrite state.json every second: wait for one more
+        # round so the byte counters include the last second.
+        time.sleep(1.2)
+        seeder_state = read_state(seeder_dir)
+        states = {i: read_state(d) for i, d in peer_dirs.items()}
+        extra = {
+            "seeder_payload_ratio": round(seeder_state.get("uploaded", 0) / ctx.size, 3),
+            "piece_kb": made["piece_size"] // 1024,
+            "from_seeder_ratio": round(sum(s.get("from_seeder", 0) for s in states.values()) / ctx.size, 3),
+            "peer_start_spread": round(max((s.get("started", t0) for s in states.values()), default=t0) - t0, 2),
+            # CPU seconds (user, system) of the seeder process and of the average peer process.
+            "cpu_seeder_s": seeder_cpu,
+            "cpu_peer_s": [round(sum(c[i] for c in peer_cpu) / len(peer_cpu), 2) for i in (0, 1)],
+        }
+        if trace:
+            extra["trace"] = trace
+        if failed:
+            extra["failed"] = {str(k): v for k, v in failed.items()}
+        return Outcome(t0, done, extra, t_end=t_end)
+    finally:
+        stop(started[::-1])
+        if not ctx.args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# -- http --------------------------------------------------------------------------------------
+
+
+def http(ctx):
+    lab = ctx.lab
+    work = ctx.dir("http")
+    url = f"http://{lab.addr(0)}:{HTTP_PORT}/{os.path.basename(ctx.payload)}"
+    server = lab.popen(0, [ctx.python, "-m", "http.server", HTTP_PORT, "--bind", lab.addr(0),
+                           "--directory", os.path.dirname(ctx.payload)],
+                       os.path.join(work, "server.log"))
+    clients = []
+    try:
+        deadline = time.monotonic() + 20
+        while subprocess.run(lab.exec_argv(1, ["curl", "-sfI", "-o", "/dev/null", url]),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode != 0:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise ScenarioError(f"http.server on host 0 did not answer; log: {work}/server.log")
+            time.sleep(0.1)
+        done = {}
+        lock = threading.Lock()
+        dests = {i: os.path.join(ctx.dir("http", f"peer{i}"), "payload") for i in range(1, lab.peers + 1)}
+
+        def waiter(index, proc):
+            proc.wait()
+            with lock:
+                done[index] = time.time() if proc.returncode == 0 else None
+
+        t0 = ctx.start()
+        threads = []
+        for index, dest in dests.items():
+            proc = lab.popen(index, ["curl", "-sS", "--fail", "--max-time", int(ctx.timeout()), "-o", dest, url],
+                             os.path.join(os.path.dirname(dest), "curl.log"))
+            clients.append(proc)
+            thread = threading.Thread(target=waiter, args=(index, proc), daemon=True)
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join(ctx.timeout())
+        ctx.finish()
+        for index, dest in dests.items():
+            if done.get(index) and os.path.getsize(dest) != ctx.size:
+                done[index] = None
+        return Outcome(t0, {i: done.get(i) for i in dests})
+    finally:
+        stop(clients + [server])
+        if not ctx.args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# -- Salt --------------------------------------------------------------------------------------
+
+
+def _yaml(data):
+    return json.dumps(data, indent=1)  # JSON is YAML
+
+
+class SaltCluster:
+    """A salt-master on host 0 and a salt-minion per peer (``peer<i>``), plus ``seed0`` on host 0
+    when the lssd scenario runs. Started once per lab, used by saltfs and lssd."""
+
+    def __init__(self, ctx, seeder_minion):
+        self.ctx = ctx
+        self.lab = ctx.lab
+        self.root = ctx.dir("salt")
+        self.srv = ctx.dir("salt", "srv")
+        self.pillar = ctx.dir("salt", "pillar")
+        self.master_dir = ctx.dir("salt", "master")
+        self.bin = os.path.dirname(ctx.python)
+        self.minions = {f"peer{i}": i for i in range(1, self.lab.peers + 1)}
+        if seeder_minion:
+            self.minions["seed0"] = 0
+        self.procs = []
+
+    def _paths(self, base):
+        return {
+            "root_dir": base,
+            "pki_dir": os.path.join(base, "pki"),
+            "cachedir": os.path.join(base, "cache"),
+            "sock_dir": os.path.join(base, "sock"),
+            "log_file": os.path.join(base, "log"),
+            "pidfile": os.path.join(base, "pid"),
+            "user": "root",
+            "log_level_logfile": "warning",
+        }
+
+    def start(self):
+        lab = self.lab
+        os.makedirs(os.path.join(self.srv, "bench"), exist_ok=True)
+        link = os.path.join(self.srv, "bench", "payload")
+        if not os.path.exists(link):
+            os.link(self.ctx.payload, link)
+        master = self._paths(self.master_dir)
+        master.update({
+            "interface": lab.addr(0),
+            "auto_accept": True,
+            "key_logfile": os.path.join(self.master_dir, "key.log"),
+            "file_roots": {"base": [self.srv, os.path.join(REPO, "salt")]},
+            "pillar_roots": {"base": [self.pillar]},
+            "fileserver_backend": ["roots"],
+            "enable_fqdns_grains": False,
+        })
+        with open(os.path.join(self.master_dir, "master"), "w") as fh:
+            fh.write(_yaml(master))
+        self.procs.append(lab.popen(0, [os.path.join(self.bin, "salt-master"), "-c", self.master_dir,
+                                        "-l", "warning"], os.path.join(self.master_dir, "stdout")))
+        time.sleep(2)
+        for mid, index in self.minions.items():
+            base = self.ctx.dir("salt", mid)
+            conf = self._paths(base)
+            conf.update({
+                "id": mid,
+                "master": lab.addr(0),
+                "acceptance_wait_time": 1,
+                "random_reauth_delay": 0,
+                "enable_fqdns_grains": False,
+                "grains_cache": True,
+            })
+            with open(os.path.join(base, "minion"), "w") as fh:
+                fh.write(_yaml(conf))
+            self.procs.append(lab.popen(index, [os.path.join(self.bin, "salt-minion"), "-c", base,
+                                                "-l", "warning"], os.path.join(base, "stdout"), self.ctx.env()))
+        self.wait_minions()
+
+    def wait_minions(self, timeout=None):
+        timeout = timeout or 60 + 5 * len(self.minions)
+        deadline = time.monotonic() + timeout
+        seen = set()
+        while time.monotonic() < deadline:
+            for line in self.job("*", "test.ping", [], timeout=10):
+                seen.add(line["minion"])
+            if set(self.minions) <= seen:
+                return
+            time.sleep(1)
+        raise ScenarioError(
+            f"minions {sorted(set(self.minions) - seen)} did not answer test.ping within {timeout:.0f}s; "
+            f"logs under {self.root}"
+        )
+
+    def job(self, tgt, fun, args, timeout=30, on_line=None):
+        """Run ``fun`` on ``tgt`` through the master; return one dict per minion return, each with
+        the wall time it reached the master."""
+        cmd = self.lab.exec_argv(0, [self.ctx.python, os.path.join(BENCH, "_saltjob.py"), self.master_dir,
+                                     tgt, fun, json.dumps(args), timeout])
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, env=self.ctx.env())
+        self.lab.processes.append(proc)
+        lines = []
+        for raw in proc.stdout:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            line["t_seen"] = time.time()
+            lines.append(line)
+            if on_line:
+                on_line(line)
+        proc.wait()
+        if proc.returncode != 0:
+            raise ScenarioError(f"salt job {fun} failed: {proc.stderr.read()[-2000:]}")
+        return lines
+
+    def run(self, fun, args, timeout):
+        cmd = self.lab.exec_argv(0, [os.path.join(self.bin, "salt-run"), "-c", self.master_dir,
+                                     "--out=json", "--timeout", int(timeout), fun, *args])
+        return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout + 60, env=self.ctx.env())
+
+    def stop(self):
+        stop(self.procs[::-1], timeout=15)
+        self.procs = []
+
+
+def salt_cluster(ctx):
+    if ctx.salt is None:
+        wants_lssd = "lssd" in ctx.args.scenarios
+        cluster = SaltCluster(ctx, seeder_minion=wants_lssd)
+        ctx.salt = cluster
+        ctx.log(f"starting salt-master and {len(cluster.minions)} minions")
+        cluster.start()
+    return ctx.salt
+
+
+def saltfs(ctx):
+    cluster = salt_cluster(ctx)
+    dests = {}
+    for mid, index in cluster.minions.items():
+        if index:
+            dests[mid] = os.path.join(ctx.dir("saltfs", mid), "payload")
+    done = {}
+    t0 = ctx.start()
+    # One job to every peer minion at once; cp.get_file renders dest with Jinja, so each minion
+    # writes into its own directory.
+    dest = os.path.join(ctx.workdir, "saltfs", "{{ grains['id'] }}", "payload")
+    lines = cluster.job("peer*", "cp.get_file", {"arg": ["salt://bench/payload", dest],
+                                                  "kwarg": {"template": "jinja"}},
+                        timeout=ctx.timeout())
+    ctx.finish()
+    for line in lines:
+        index = cluster.minions.get(line["minion"])
+        path = dests.get(line["minion"])
+        ok = line.get("ret") and path and os.path.exists(path) and os.path.getsize(path) == ctx.size
+        done[index] = line["t"] if ok else None
+    shutil.rmtree(os.path.join(ctx.workdir, "saltfs"), ignore_errors=True)
+    return Outcome(t0, {i: done.get(i) for i in range(1, ctx.lab.peers + 1)})
+
+
+LSSD_TAG_COUNTER = [0]
+
+
+def lssd(ctx):
+    orch = os.path.join(REPO, "salt", "lssd", "orch", "deploy.sls")
+    if not os.path.exists(orch):
+        raise ScenarioError(
+            f"{orch} does not exist yet: the lssd scenario needs the state tree salt/lssd/ "
+            "(lssd.orch.deploy); run the other scenarios meanwhile"
+        )
+    cluster = salt_cluster(ctx)
+    LSSD_TAG_COUNTER[0] += 1
+    tag = f"Bench{os.getpid()}x{LSSD_TAG_COUNTER[0]}"
+    build = ctx.dir("lssd", "build")
+    link = os.path.join(build, "payload")
+    if not os.path.exists(link):
+        os.link(ctx.payload, link)
+    dest_root = ctx.dir("lssd", "dest")
+    # The orchestration hands the master's pillar lssd to every role, keys the master does not
+    # set keep each minion's own value: so destination_path (per minion here, as all hosts share
+    # one file system) is set for the minions only.
+    pillar = {
+        "lssd": {
+            "tag": tag,
+            "seeder_files_path": build,
+            "compression": "none",
+            "linger": 30,
+            "timeout": int(ctx.timeout(swarm=True)),
+            "tracker": {"host": ctx.lab.addr(0), "port": TRACKER_PORT},
+            "targets": {"tracker": "seed0", "seeder": "seed0", "peer": "peer*"},
+        }
+    }
+    if ctx.args.settings:
+        pillar["lssd"]["settings"] = ctx.args.settings
+    with open(os.path.join(cluster.pillar, "top.sls"), "w") as fh:
+        fh.write("base:\n  '*':\n    - lssd\n  'peer*':\n    - lssd_dest\n")
+    with open(os.path.join(cluster.pillar, "lssd.sls"), "w") as fh:
+        fh.write(_yaml(pillar))
+    with open(os.path.join(cluster.pillar, "lssd_dest.sls"), "w") as fh:
+        fh.write("lssd:\n  destination_path: '" + dest_root + "/{{ grains['id'] }}'\n")
+    cluster.job("*", "saltutil.refresh_pillar", [], timeout=60)
+    cluster.job("*", "saltutil.sync_all", [], timeout=120)
+    t0 = ctx.start()
+    result = cluster.run("state.orchestrate", ["lssd.orch.deploy"], timeout=ctx.timeout(swarm=True))
+    t_end = time.time()
+    ctx.finish()
+    out_path = os.path.join(ctx.workdir, "lssd-orchestrate.json")
+    with open(out_path, "w") as fh:
+        fh.write(result.stdout + "\n--- stderr ---\n" + result.stderr)
+    done = {}
+    for mid, index in cluster.minions.items():
+        if not index:
+            continue
+        state_file = os.path.join(ctx.workdir, "salt", mid, "cache", "lssd")
+        finished = _find_finished(state_file, tag)
+        target = os.path.join(dest_root, mid, tag, "payload")
+        ok = os.path.exists(target) and os.path.getsize(target) == ctx.size
+        done[index] = (finished or t_end) if ok else None
+    extra = {"orchestrate_rc": result.returncode, "orchestrate_log": out_path}
+    if result.returncode != 0:
+        extra["error"] = (result.stderr or result.stdout)[-1000:]
+    if not ctx.args.keep:
+        # N installed copies and N archives: free the memory before the next scenario (lingering
+        # peers keep their open archive until they exit).
+        shutil.rmtree(dest_root, ignore_errors=True)
+        for mid in cluster.minions:
+            shutil.rmtree(os.path.join(ctx.workdir, "salt", mid, "cache", "lssd", "archives"), ignore_errors=True)
+    return Outcome(t0, done, extra, t_end=t_end)
+
+
+def _find_finished(state_root, tag):
+    for dirpath, _, files in os.walk(state_root):
+        if "state.json" in files and tag in dirpath:
+            state = read_state(dirpath)
+            if state.get("finished"):
+                return state["finished"]
+    return None
+
+
+SCENARIOS = {"swarm": swarm, "http": http, "saltfs": saltfs, "lssd": lssd}
