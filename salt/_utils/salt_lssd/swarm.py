@@ -106,9 +106,8 @@ def run(role, reporter):
         # The archive was hashed moments ago to make the torrent; don't read it all again.
         atp.flags |= lt.torrent_flags.seed_mode
     handle = ses.add_torrent(atp)
-    ports = [ses.listen_port()]
     loop = _SeederLoop if role == "seeder" else _PeerLoop
-    loop(reporter, ses, handle, config, ports[0]).run()
+    loop(reporter, ses, handle, config, ses.listen_port()).run()
 
 
 class _Loop:
@@ -125,6 +124,8 @@ class _Loop:
         # that alert for a few blocks (seen: 0-15% of those from other peers, ~0% of the
         # seeder's), so the rest of the exact payload total is counted as from other peers.
         self.from_seeder = 0
+        ti = handle.torrent_file()  # a copy: fetch it once, not per block
+        self.piece_length, self.total_size = ti.piece_length(), ti.total_size()
 
     def status_fields(self, st):
         return {
@@ -144,7 +145,7 @@ class _Loop:
     def count_block(self, alert):
         """Account one block received from the seeder (told apart by its peer-id prefix)."""
         if alert.pid.to_bytes().startswith(_SEEDER_PID):
-            piece_size = self.handle.torrent_file().piece_size(alert.piece_index)
+            piece_size = min(self.piece_length, self.total_size - alert.piece_index * self.piece_length)
             self.from_seeder += min(_BLOCK, piece_size - alert.block_index * _BLOCK)
 
     def handle_alerts(self, lt):
