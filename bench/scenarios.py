@@ -406,6 +406,11 @@ class SaltCluster:
             "pillar_roots": {"base": [self.pillar]},
             "fileserver_backend": ["roots"],
             "enable_fqdns_grains": False,
+            # All hosts share 2 cores: while a large swarm saturates them the master answers
+            # late, and at N=32 the orchestration's publish timed out after the default 5 s
+            # ("Salt request timed out. The master is not responding").
+            "timeout": 60,
+            "gather_job_timeout": 60,
         })
         with open(os.path.join(self.master_dir, "master"), "w") as fh:
             fh.write(_yaml(master))
