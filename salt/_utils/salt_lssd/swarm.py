@@ -156,7 +156,12 @@ class _Loop:
             elif isinstance(alert, lt.block_finished_alert):
                 self.count_block(alert)
             elif isinstance(alert, lt.torrent_finished_alert):
-                self.on_finished()
+                # libtorrent 2 hashes pieces from memory: "finished" can come before the last
+                # writes reach the file. Flush, and call it finished when that is done.
+                self.handle.flush_cache()
+            elif isinstance(alert, lt.cache_flushed_alert):
+                if self.handle.status().is_seeding:
+                    self.on_finished()
             elif isinstance(alert, lt.tracker_error_alert):
                 self.tracker_error = alert.message()
                 # libtorrent backs off for minutes after a refusal, but ours is usually brief:
