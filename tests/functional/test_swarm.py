@@ -90,6 +90,14 @@ def test_three_peers_get_identical_trees(swarm, make_minion, build, tmp_path):
     assert all(
         p["running"] is False for peer in peers for p in peer.modules.lssd.status()["processes"]
     )
+    # Each peer got its own slice of the pieces from the tracker: [rank, peers ranked so far].
+    states = [
+        p for peer in peers for p in peer.modules.lssd.status()["processes"] if p["role"] == "peer"
+    ]
+    slices = [state.get("slice") for state in states]
+    assert len(slices) == 3 and None not in slices, states
+    assert sorted(rank for rank, _ in slices) == [0, 1, 2], slices
+    assert all(0 <= rank < count <= 3 for rank, count in slices), slices
 
 
 def test_peer_times_out_and_cleans_up(make_minion, build, tmp_path, tracker_port):

@@ -68,6 +68,11 @@ class RunningTracker:
         assert content_type == "text/plain"
         return bencode.decode(body)
 
+    def slice(self, **params):
+        content_type, body = self.get("/slice?" + slice_query(**params))
+        assert content_type == "text/plain"
+        return bencode.decode(body)
+
     def status(self):
         content_type, body = self.get("/status")
         assert content_type == "application/json"
@@ -85,6 +90,13 @@ def query(**params):
         "left": 1000,
         "compact": 1,
     }
+    fields.update(params)
+    return urllib.parse.urlencode({k: v for k, v in fields.items() if v is not None})
+
+
+def slice_query(**params):
+    """A /slice query; defaults ask for INFOHASH on port 6881. ``None`` drops a field."""
+    fields = {"info_hash": INFOHASH, "port": 6881}
     fields.update(params)
     return urllib.parse.urlencode({k: v for k, v in fields.items() if v is not None})
 
@@ -164,8 +176,16 @@ def test_malformed_announce_gets_failure_reason(running, params, expected):
             "/announce?" + query() + "&info_hash=%zz", ["bad query encoding", "%zz"], id="bad-escape"
         ),
         pytest.param("/announce?" + query() + "&port=6882", ["port", "2 times"], id="duplicate-port"),
-        pytest.param("/favicon.ico", ["unknown path", "/favicon.ico"], id="unknown-path"),
+        pytest.param(
+            "/favicon.ico",
+            ["unknown path", "/favicon.ico", "/announce", "/scrape", "/slice", "/status"],
+            id="unknown-path",
+        ),
         pytest.param("/announce/?" + query(), ["unknown path", "/announce/"], id="announce-slash"),
+        pytest.param("/slice/?" + slice_query(), ["unknown path", "/slice/"], id="slice-slash"),
+        pytest.param(
+            "/slice?" + slice_query() + "&port=6882", ["port", "2 times"], id="slice-duplicate-port"
+        ),
         pytest.param("/scrape?info_hash=abc", ["info_hash", "'abc'", "3 bytes"], id="scrape-short-hash"),
     ],
 )
@@ -334,6 +354,73 @@ def test_peers_expire(start_tracker):
     assert running.announce(peer_id=peer_id(2), port=6002)[b"peers"] == b""
 
 
+# -- slice -------------------------------------------------------------------------------------
+
+
+def test_slice_ranks_peers_in_order_of_first_ask(running):
+    # Every request comes from 127.0.0.1: distinct ports on one address are distinct peers.
+    assert running.slice(port=6001) == {b"rank": 0, b"peers": 1}
+    assert running.slice(port=6002) == {b"rank": 1, b"peers": 2}
+    assert running.slice(port=6003) == {b"rank": 2, b"peers": 3}
+    # Asking again keeps the rank; the count is of every peer ranked so far.
+    assert running.slice(port=6001) == {b"rank": 0, b"peers": 3}
+    assert running.slice(port=6003) == {b"rank": 2, b"peers": 3}
+    assert running.slice(port=6004) == {b"rank": 3, b"peers": 4}
+
+
+def test_slice_needs_no_announce_and_does_not_announce(running):
+    assert running.slice(port=6001) == {b"rank": 0, b"peers": 1}
+    assert running.status()["torrents"][INFOHASH.hex()]["peers"] == 0
+    running.announce(peer_id=peer_id(1), port=6001)
+    assert running.slice(port=6001) == {b"rank": 0, b"peers": 1}
+
+
+MALFORMED_SLICE = [
+    ("missing info_hash", {"info_hash": None}, ["/slice is missing info_hash", "20 bytes"]),
+    ("short info_hash", {"info_hash": b"\x01" * 19}, ["info_hash", "01" * 19, "19 bytes"]),
+    ("long info_hash", {"info_hash": b"\x02" * 21}, ["info_hash", "02" * 21, "21 bytes"]),
+    ("text info_hash", {"info_hash": "abc"}, ["info_hash", "'abc'", "3 bytes"]),
+    ("unregistered info_hash", {"info_hash": OTHER_INFOHASH},
+     [f"info_hash {OTHER_INFOHASH.hex()} is not registered"]),
+    ("missing port", {"port": None}, ["/slice is missing port"]),
+    ("non-numeric port", {"port": "http"}, ["port", "'http'", "not a non-negative integer"]),
+    ("negative port", {"port": "-1"}, ["port", "'-1'"]),
+    ("fractional port", {"port": "6881.5"}, ["port", "'6881.5'"]),
+    ("port zero", {"port": 0}, ["port 0 is out of range", "1..65535"]),
+    ("port too big", {"port": 70000}, ["port 70000 is out of range", "1..65535"]),
+]
+
+
+@pytest.mark.parametrize(
+    "params,expected", [pytest.param(p, e, id=i) for i, p, e in MALFORMED_SLICE]
+)
+def test_malformed_slice_gets_failure_reason(running, params, expected):
+    answer = running.slice(**params)
+    assert set(answer) == {b"failure reason"}
+    reason = answer[b"failure reason"].decode()
+    for word in expected:
+        assert word in reason, reason
+    # A refused request ranks no one.
+    assert running.slice(port=6001) == {b"rank": 0, b"peers": 1}
+
+
+def test_slice_of_unregistered_hash_is_refused_then_served_once_allowed(start_tracker):
+    running = start_tracker(register=False)
+    reason = running.slice()[b"failure reason"].decode()
+    assert reason == f"info_hash {INFOHASH.hex()} is not registered with this tracker"
+    allow(running.state_dir, INFOHASH.hex(), "Deploy2")
+    assert running.slice() == {b"rank": 0, b"peers": 1}
+
+
+def test_slice_is_capped_over_http(start_tracker):
+    running = start_tracker(max_peers_per_torrent=2)
+    assert running.slice(port=6001)[b"rank"] == 0
+    assert running.slice(port=6002)[b"rank"] == 1
+    reason = running.slice(port=6003)[b"failure reason"].decode()
+    assert reason == "this swarm already ranked 2 peers (max_peers_per_torrent)"
+    assert running.slice(port=6002) == {b"rank": 1, b"peers": 2}
+
+
 def test_port_in_use_fails_the_start(state_dir):
     run_dir = os.path.join(state_dir, "run", "tracker")
     with socket.socket() as taken:
@@ -453,6 +540,75 @@ def test_torrents_are_capped(state_dir, clock):
     announce(core, 1)
     reason = announce(core, 1, info_hash=OTHER_INFOHASH)[b"failure reason"].decode()
     assert OTHER_INFOHASH.hex() in reason and "max_torrents" in reason
+
+
+def ask_slice(core, port, ip="10.0.0.1", **extra):
+    params = {"info_hash": INFOHASH, "port": str(port)}
+    params.update(extra)
+    return bencode.decode(core.slice(params, ip))
+
+
+def test_slice_tells_peers_apart_by_address_and_port(core):
+    assert ask_slice(core, 6001, ip="10.0.0.1") == {b"rank": 0, b"peers": 1}
+    assert ask_slice(core, 6002, ip="10.0.0.1") == {b"rank": 1, b"peers": 2}
+    assert ask_slice(core, 6001, ip="10.0.0.2") == {b"rank": 2, b"peers": 3}
+    assert ask_slice(core, 6001, ip="2001:db8::1") == {b"rank": 3, b"peers": 4}
+    # A dual-stack socket's ::ffff:a.b.c.d is the IPv4 peer a.b.c.d.
+    assert ask_slice(core, 6001, ip="::ffff:10.0.0.2") == {b"rank": 2, b"peers": 4}
+    for port, ip, rank in ((6002, "10.0.0.1", 1), (6001, "10.0.0.1", 0), (6001, "2001:db8::1", 3)):
+        assert ask_slice(core, port, ip=ip) == {b"rank": rank, b"peers": 4}
+
+
+def test_slice_ranks_are_per_torrent(core, state_dir):
+    allow(state_dir, OTHER_INFOHASH.hex(), "Deploy2")
+    assert ask_slice(core, 6001) == {b"rank": 0, b"peers": 1}
+    assert ask_slice(core, 6002) == {b"rank": 1, b"peers": 2}
+    assert ask_slice(core, 6002, info_hash=OTHER_INFOHASH) == {b"rank": 0, b"peers": 1}
+    assert ask_slice(core, 6001) == {b"rank": 0, b"peers": 2}
+
+
+def test_slice_ranks_survive_peer_expiry(core, clock):
+    for n in (1, 2):
+        announce(core, n)
+        assert ask_slice(core, 10000 + n, ip=f"10.0.0.{n + 1}")[b"rank"] == n - 1
+    clock.now += 40  # past peer_expiry (35 s): both peers are gone from the swarm
+    core.sweep()
+    assert core.status()["torrents"][INFOHASH.hex()]["peers"] == 0
+    assert announce(core, 3)[b"peers"] == b""
+    # The expired peers keep their ranks when they come back; a new peer never gets theirs.
+    assert ask_slice(core, 10003, ip="10.0.0.4") == {b"rank": 2, b"peers": 3}
+    assert ask_slice(core, 10001, ip="10.0.0.2") == {b"rank": 0, b"peers": 3}
+    announce(core, 2, event="stopped")
+    assert ask_slice(core, 10002, ip="10.0.0.3") == {b"rank": 1, b"peers": 3}
+
+
+def test_slice_ranks_are_capped(state_dir, clock):
+    allow(state_dir, INFOHASH.hex(), "Deploy1")
+    core = Tracker(state_dir, max_peers_per_torrent=3, clock=clock)
+    for port in (6001, 6002, 6003):
+        ask_slice(core, port)
+    reason = ask_slice(core, 6004)[b"failure reason"].decode()
+    assert reason == "this swarm already ranked 3 peers (max_peers_per_torrent)"
+    # Ranked peers still get their ranks; the count stays at the cap.
+    assert ask_slice(core, 6003) == {b"rank": 2, b"peers": 3}
+    assert b"failure reason" in ask_slice(core, 6004, ip="10.0.0.9")
+
+
+@pytest.mark.parametrize(
+    "params,ip,expected",
+    [
+        pytest.param({}, "nonsense", ["remote address 'nonsense' is not an IP address"], id="bad-remote"),
+        pytest.param({"port": ["6001", "6002"]}, "10.0.0.1", ["port is given 2 times"], id="port-twice"),
+        pytest.param({"info_hash": "\u20ac" * 20}, "10.0.0.1", ["info_hash", "not bytes"], id="non-byte-hash"),
+        pytest.param({"port": 6001}, "10.0.0.1", ["port", "type int", "not bytes"], id="port-not-bytes"),
+    ],
+)
+def test_slice_refusals_in_process(core, params, ip, expected):
+    params = dict({"info_hash": INFOHASH, "port": "6001"}, **params)
+    reason = bencode.decode(core.slice(params, ip))[b"failure reason"].decode()
+    for word in expected:
+        assert word in reason, reason
+    assert ask_slice(core, 6001) == {b"rank": 0, b"peers": 1}
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """The HTTP BitTorrent tracker: the detached process that tells peers of a deploy about each other.
 
 It speaks announce (BEP 3) with compact peer lists (BEP 23, ``peers6`` per BEP 7), scrape
-(BEP 48) and a JSON ``/status`` page, and serves only the info-hashes registered with
+(BEP 48), a JSON ``/status`` page and ``/slice`` (each peer's rank, for swarm.py's piece
+slices), and serves only the info-hashes registered with
 :func:`allow` (one file per info-hash under ``Layout(state_dir).allowed``), so it is no open
 tracker for whatever else runs in the datacenter. The protocol logic is the :class:`Tracker`
 class, testable without sockets; :func:`run` wraps it in a threaded HTTP server for
@@ -153,13 +154,16 @@ class _PeerList:
 class _Swarm:
     """The peers of one torrent: ordered by last announce, so expiry looks at the oldest only."""
 
-    __slots__ = ("completed", "leechers", "peers", "seeders")
+    __slots__ = ("completed", "leechers", "peers", "ranks", "seeders")
 
     def __init__(self):
         self.peers = OrderedDict()  # (ip packed, port) -> _Peer, least recently seen first
         self.seeders = _PeerList()
         self.leechers = _PeerList()
         self.completed = 0
+        # (ip packed, port) -> rank, in the order peers asked for a slice (see Tracker.slice);
+        # kept after peers expire, so a rank is never handed out twice.
+        self.ranks = {}
 
     def add(self, peer, seeder):
         self.peers[peer.key] = peer
@@ -281,6 +285,34 @@ class Tracker:
         """Answer a scrape (BEP 48) for ``info_hashes`` (raw), or for every torrent seen."""
         try:
             return self._scrape(info_hashes)
+        except _Refused as exc:
+            return failure(str(exc))
+
+    def slice(self, params, remote_ip):
+        """Answer ``/slice``: this peer's rank in the swarm and how many peers have one so far.
+
+        Not part of BitTorrent: our peers ask it so that each starts on its own part of the
+        piece space (swarm.py, ``_PeerLoop.update_slice``) and the seeder's first copy of each
+        piece goes to one peer only. A peer is known by its address and listening ``port``;
+        ranks are 0, 1, 2, ... in the order peers first ask, and stay the same when asked again.
+        """
+        try:
+            info_hash = _binary(params, "info_hash", 20, "the torrent's SHA-1 info-hash", "/slice")
+            port = _uint(params, "port", required=True, request="/slice")
+            if not 1 <= port <= 65535:
+                raise _Refused(f"port {port} is out of range; it must be 1..65535")
+            key = (_address(remote_ip).packed, port)
+            swarm = self._swarm(info_hash)
+            with self._lock:
+                rank = swarm.ranks.get(key)
+                if rank is None:
+                    if len(swarm.ranks) >= self.max_peers_per_torrent:
+                        raise _Refused(
+                            f"this swarm already ranked {self.max_peers_per_torrent} peers "
+                            "(max_peers_per_torrent)"
+                        )
+                    rank = swarm.ranks[key] = len(swarm.ranks)
+                return bencode.encode({"rank": rank, "peers": len(swarm.ranks)})
         except _Refused as exc:
             return failure(str(exc))
 
@@ -461,10 +493,10 @@ def _value(params, name):
     return _raw(value, name)
 
 
-def _binary(params, name, length, what):
+def _binary(params, name, length, what, request="announce"):
     value = _value(params, name)
     if value is None:
-        raise _Refused(f"announce is missing {name} ({what}, {length} bytes, URL-encoded)")
+        raise _Refused(f"{request} is missing {name} ({what}, {length} bytes, URL-encoded)")
     if len(value) != length:
         raise _Refused(
             f"{name} {_show(value)} is {len(value)} bytes long; it must be exactly {length} bytes"
@@ -472,11 +504,11 @@ def _binary(params, name, length, what):
     return value
 
 
-def _uint(params, name, required=False):
+def _uint(params, name, required=False, request="announce"):
     value = _value(params, name)
     if value is None:
         if required:
-            raise _Refused(f"announce is missing {name}")
+            raise _Refused(f"{request} is missing {name}")
         return None
     if not _UINT.fullmatch(value):
         raise _Refused(f"{name} {_show(value)} is not a non-negative integer")
@@ -578,10 +610,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if path == "/scrape":
                 params = parse_query(query)
                 return self.server.tracker.scrape(params.get("info_hash")), _TEXT
+            if path == "/slice":
+                return self.server.tracker.slice(parse_query(query), self.client_address[0]), _TEXT
             if path == "/status":
                 return json.dumps(self.server.tracker.status(), sort_keys=True).encode(), _JSON
             raise _Refused(
-                f"unknown path {_show(path)}; this tracker answers /announce, /scrape and /status"
+                f"unknown path {_show(path)}; this tracker answers /announce, /scrape, /slice "
+                "and /status"
             )
         except _Refused as exc:
             return failure(str(exc)), _TEXT
@@ -731,18 +766,39 @@ def status_url(bind, port):
     return f"http://{url_host(host)}:{port}/status"
 
 
-def fetch_status(host, port, timeout=5):
-    """The /status of the tracker at ``host``:``port`` as a dict; LssdError if it cannot be had."""
-    url = status_url(host, port)
+def _fetch(url, what, timeout):
     # No proxy: http_proxy in a minion's environment must not capture a local tracker.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(url, timeout=timeout) as response:
-            body = response.read(64 << 20)
+            return response.read(64 << 20)
     except urllib.error.URLError as exc:
-        raise LssdError(f"tracker status {url} is unreachable: {exc.reason}") from None
+        raise LssdError(f"{what} {url} is unreachable: {exc.reason}") from None
     except (OSError, http.client.HTTPException) as exc:
-        raise LssdError(f"tracker status {url} is unreachable: {exc}") from None
+        raise LssdError(f"{what} {url} is unreachable: {exc}") from None
+
+
+def fetch_slice(url, info_hash, port, timeout=2):
+    """``(rank, peers)`` from the tracker's /slice at ``url`` for our ``info_hash`` and ``port``."""
+    query = f"?info_hash={urllib.parse.quote_from_bytes(info_hash)}&port={port}"
+    body = _fetch(url + query, "tracker slice", timeout)
+    try:
+        answer = bencode.decode(body)
+    except ValueError:
+        raise LssdError(f"tracker slice {url} answered {body[:80]!r}, not bencode") from None
+    if isinstance(answer, dict) and b"failure reason" in answer:
+        reason = answer[b"failure reason"]
+        raise LssdError(f"tracker slice {url}: {reason.decode('utf-8', 'replace')}")
+    rank, peers = (answer.get(b"rank"), answer.get(b"peers")) if isinstance(answer, dict) else (None, None)
+    if not (isinstance(rank, int) and isinstance(peers, int) and 0 <= rank < peers):
+        raise LssdError(f"tracker slice {url} answered {answer!r:.200}, not a rank of peers")
+    return rank, peers
+
+
+def fetch_status(host, port, timeout=5):
+    """The /status of the tracker at ``host``:``port`` as a dict; LssdError if it cannot be had."""
+    url = status_url(host, port)
+    body = _fetch(url, "tracker status", timeout)
     try:
         data = json.loads(body)
     except ValueError:
