@@ -182,8 +182,6 @@ def make_torrent(ctx, where):
 
 
 def lssd_command(ctx, role, run_dir):
-    if ctx.args.variant:
-        return [ctx.python, os.path.join(BENCH, "variant.py"), role, run_dir]
     return [ctx.python, "-m", "salt_lssd", role, run_dir]
 
 
@@ -196,13 +194,10 @@ def swarm(ctx):
     state_dir = ctx.dir("swarm", "tracker-state")
     tracker.allow(state_dir, made["infohash"], "bench")
     settings = ctx.args.settings or None
-    variant = ctx.args.variant or {}
     started = []
     try:
         run_dir = os.path.join(work, "tracker")
         tracker_config = {"state_dir": state_dir, "bind": lab.addr(0), "port": TRACKER_PORT}
-        if variant.get("tracker_interval"):
-            tracker_config.update(interval=int(variant["tracker_interval"]), min_interval=1)
         write_config(run_dir, tracker_config)
         proc = lab.popen(0, lssd_command(ctx, "tracker", run_dir), os.path.join(run_dir, "log"), ctx.env())
         started.append(proc)
@@ -216,7 +211,6 @@ def swarm(ctx):
             "infohash": made["infohash"],
             "listen": f"{lab.addr(0)}:{TORRENT_PORT}",
             "settings": settings,
-            "bench": dict(variant),
         })
         seeder = lab.popen(0, lssd_command(ctx, "seeder", run_dir), os.path.join(run_dir, "log"), ctx.env())
         started.append(seeder)
@@ -226,10 +220,6 @@ def swarm(ctx):
         peer_dirs = {}
         for index in range(1, lab.peers + 1):
             run_dir = os.path.join(work, f"peer{index}")
-            knobs = dict(variant)
-            if variant.get("slices"):
-                knobs["slice"] = [index - 1, lab.peers]
-                knobs["rest_priority"] = variant.get("rest_priority", 4)
             write_config(run_dir, {
                 "torrent": made["torrent"],
                 "save_path": os.path.join(run_dir, "data"),
@@ -239,7 +229,7 @@ def swarm(ctx):
                 "timeout": ctx.timeout(swarm=True),
                 "listen": f"0.0.0.0:{TORRENT_PORT}",
                 "settings": dict(settings or {}, **(ctx.args.peer_settings or {})) or None,
-                "bench": knobs,
+                **(ctx.args.peer_config or {}),
             })
             peer_dirs[index] = run_dir
         t0 = ctx.start()
@@ -261,6 +251,7 @@ def swarm(ctx):
                     "progress": [states[i].get("progress", 0) for i in peer_dirs],
                     "from_seeder": [states[i].get("from_seeder", 0) for i in peer_dirs],
                     "peers": [states[i].get("peers", 0) for i in peer_dirs],
+                    "seeder_connections": [states[i].get("seeder_connections") for i in peer_dirs],
                 })
             for index, run_dir in peer_dirs.items():
                 if done[index] is not None or index in failed:
