@@ -695,6 +695,7 @@ def peer(
     destination_path = _destination_path(destination_path)
     timeout = _number(timeout, "timeout", 1)
     linger = _number(linger if linger is not None else _conf("linger", 30), "linger")
+    progress_interval = _number(_conf("progress_interval", 5), "lssd:progress_interval")
     install_args = {
         "no_tag_directory": _no_tag_directory(no_tag_directory),
         "unsafe_please_delete": _bool(
@@ -739,7 +740,7 @@ def peer(
         }
         procs.spawn("peer", run_dir, config)
 
-    state = _wait_for_download(tag, run_dir, archive, timeout)
+    state = _wait_for_download(tag, run_dir, archive, timeout, progress_interval)
     try:
         got = common.sha256_file(archive)
         if got != lssd_meta["sha256"]:
@@ -787,10 +788,10 @@ def _remove(path):
         pass
 
 
-def _wait_for_download(tag, run_dir, archive, timeout):
-    """Poll the peer process's state until complete; fire progress events about once a second."""
+def _wait_for_download(tag, run_dir, archive, timeout, progress_interval):
+    """Poll the peer process's state until complete; a progress event every ``progress_interval`` s."""
     deadline = time.monotonic() + timeout
-    next_event = 0.0
+    next_event = 0.0 if progress_interval > 0 else float("inf")
     while True:
         state = procs.state(run_dir)
         status = state.get("status")
@@ -815,7 +816,7 @@ def _wait_for_download(tag, run_dir, archive, timeout):
                 f"lssd/peer/{tag}/progress",
                 {k: state.get(k) for k in ("progress", "download_rate", "upload_rate", "peers", "seeds", "total_done")},
             )
-            next_event = now + 1.0
+            next_event = now + progress_interval
         time.sleep(0.25)
 
 
