@@ -541,7 +541,7 @@ def lssd(ctx):
         }
     }
     if ctx.args.settings:
-        pillar["lssd"]["settings"] = ctx.args.settings
+        pillar["lssd"]["libtorrent_settings"] = ctx.args.settings
     with open(os.path.join(cluster.pillar, "top.sls"), "w") as fh:
         fh.write("base:\n  '*':\n    - lssd\n  'peer*':\n    - lssd_dest\n")
     with open(os.path.join(cluster.pillar, "lssd.sls"), "w") as fh:

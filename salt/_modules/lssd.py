@@ -46,7 +46,7 @@ except ImportError:
         salt_lssd = None
 
 if salt_lssd is not None:
-    from salt_lssd import LssdError, common, install, pack, procs, releases, tracker
+    from salt_lssd import LssdError, common, install, pack, procs, releases, swarm, tracker
     from salt_lssd import torrent as metainfo
 else:  # pragma: no cover - __virtual__ refuses to load
     LssdError = Exception
@@ -103,6 +103,11 @@ def _conf(key, default=None):
 
 def _layout():
     return common.Layout(_conf("state_dir") or os.path.join(__opts__["cachedir"], "lssd"))
+
+
+def _libtorrent_settings():
+    """Pillar ``lssd:libtorrent_settings``, checked here so a typo fails the Salt job."""
+    return swarm.check_overrides(_conf("libtorrent_settings"), "lssd:libtorrent_settings")
 
 
 def _fire(tag, data):
@@ -507,6 +512,7 @@ def seed_start(tag, publish=True, publish_timeout=60):
         salt build01 lssd.seed_start Deploy1
     """
     tag = common.validate_tag(tag)
+    lt_settings = _libtorrent_settings()
     layout = _layout()
     meta = _local_torrent(tag)
     run_dir = layout.run_dir("seeder", tag)
@@ -523,6 +529,7 @@ def seed_start(tag, publish=True, publish_timeout=60):
         "infohash": meta["infohash"],
         "nonce": uuid.uuid4().hex,
         "listen": _conf("listen", "0.0.0.0:0"),
+        "settings": lt_settings,
     }
     started = procs.spawn("seeder", run_dir, config)
     started.update(changed=True, tag=tag, infohash=meta["infohash"], nonce=config["nonce"],
@@ -696,6 +703,7 @@ def peer(
     timeout = _number(timeout, "timeout", 1)
     linger = _number(linger if linger is not None else _conf("linger", 30), "linger")
     progress_interval = _number(_conf("progress_interval", 5), "lssd:progress_interval")
+    lt_settings = _libtorrent_settings()
     install_args = {
         "no_tag_directory": _no_tag_directory(no_tag_directory),
         "unsafe_please_delete": _bool(
@@ -737,6 +745,7 @@ def peer(
             "linger": linger,
             "timeout": timeout,
             "listen": _conf("listen", "0.0.0.0:0"),
+            "settings": lt_settings,
         }
         procs.spawn("peer", run_dir, config)
 

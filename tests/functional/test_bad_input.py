@@ -180,3 +180,44 @@ def test_rm_tgz_removes_only_its_own_tag(lone_minion):
     removed = lone_minion.modules.lssd.rm_tgz("v1")["removed"]
     assert removed == [os.path.join(layout.archives, "v1.tar.zst")]
     assert sorted(os.listdir(layout.archives)) == ["v1--x.tar", "v1.2.tar.zst"]
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"max_allowed_in_request_queue_typo": 4}, "'max_allowed_in_request_queue_typo' is not a libtorrent"),
+        ({"max_allowed_in_request_queue": "4"}, "max_allowed_in_request_queue = '4' must be of type int"),
+        ({"enable_dht": 1}, "enable_dht = 1 must be of type bool"),
+        (["enable_dht"], "must be a mapping"),
+    ],
+    ids=["unknown-name", "str-for-int", "int-for-bool", "not-a-mapping"],
+)
+@pytest.mark.parametrize("function", ["seed_start", "peer"])
+def test_bad_libtorrent_settings_refused_before_anything_starts(make_minion, tmp_path, overrides, fragment, function):
+    build = make_build_tree(tmp_path / "build", data_mb=1)
+    minion = make_minion("m", libtorrent_settings=overrides, seeder_files_path=str(build))
+    lssd = minion.modules.lssd
+    if function == "seed_start":
+        lssd.create_torrent("Lt1")
+        call = lambda: lssd.seed_start("Lt1")  # noqa: E731
+    else:
+        made = make_minion("seeder", seeder_files_path=str(build)).modules.lssd.create_torrent("Lt1")
+        call = lambda: lssd.peer("Lt1", destination_path=str(tmp_path / "dest"), torrent=made["torrent"])  # noqa: E731
+    with pytest.raises(CommandExecutionError) as err:
+        call()
+    assert "lssd:libtorrent_settings" in str(err.value) and fragment in str(err.value)
+    assert not any(p["running"] for p in lssd.status()["processes"])
+    assert not (tmp_path / "dest").exists()
+
+
+def test_libtorrent_settings_reach_the_role(make_minion, tmp_path):
+    build = make_build_tree(tmp_path / "build", data_mb=1)
+    minion = make_minion("m", libtorrent_settings={"max_allowed_in_request_queue": 8}, seeder_files_path=str(build))
+    minion.modules.lssd.create_torrent("Lt2")
+    minion.modules.lssd.seed_start("Lt2")
+    try:
+        run_dir = os.path.join(minion.opts["cachedir"], "lssd", "run", "seeder-Lt2")
+        config = common.read_json(os.path.join(run_dir, "config.json"))
+        assert config["settings"] == {"max_allowed_in_request_queue": 8}
+    finally:
+        minion.modules.lssd.seed_stop()

@@ -14,7 +14,7 @@ def flat_keys(data, prefix=""):
     keys = set()
     for key, value in data.items():
         name = prefix + key
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:  # an empty mapping is a setting (libtorrent_settings)
             keys |= flat_keys(value, name + ":")
         else:
             keys.add(name)

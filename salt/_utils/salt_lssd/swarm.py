@@ -32,6 +32,31 @@ _SLICE_POLLS = (0, 1, 2, 4, 8, 16)
 _SLICE_TIMEOUT = 2
 
 
+def check_overrides(overrides, name="libtorrent_settings"):
+    """``overrides`` (a dict of libtorrent setting -> value) checked against libtorrent's names
+    and types; returns it (None for empty). LssdError names the first bad entry."""
+    if overrides in (None, "", {}):
+        return None
+    if not isinstance(overrides, dict):
+        raise LssdError(f"{name} {overrides!r} must be a mapping of libtorrent setting names to values")
+    import libtorrent as lt
+
+    defaults = lt.default_settings()
+    for key, value in overrides.items():
+        if key not in defaults:
+            raise LssdError(
+                f"{name}: {key!r} is not a libtorrent {lt.__version__} setting "
+                "(see libtorrent's settings_pack reference)"
+            )
+        want = type(defaults[key])
+        if type(value) is not want:  # bool is an int subclass: compare exact types
+            raise LssdError(
+                f"{name}: {key} = {value!r} must be of type {want.__name__} "
+                f"(libtorrent's default is {defaults[key]!r})"
+            )
+    return dict(overrides)
+
+
 def settings(role, listen="0.0.0.0:0", overrides=None):
     """libtorrent settings for a datacenter swarm. Every departure from the default says why."""
     import libtorrent as lt
