@@ -309,7 +309,9 @@ class _PeerLoop(_Loop):
         upload / F). With peer k of n preferring the k-th n-th of the pieces, the seeder's
         first copy of each piece goes to one peer and the others get it from that peer.
         bench/run, N=8, F=100 MiB, U=50 Mbit/s, three runs each: seeder upload 1.36-1.57 ->
-        1.18-1.21 x F, efficiency 0.63-0.73 -> 0.81-0.82. Any failure leaves plain
+        1.18-1.21 x F, efficiency 0.63-0.73 -> 0.81-0.82. At N=16 no gain measured (0.61,
+        0.67 against 0.66, 0.68 without, 64 KiB pieces; TCP shares the seeder's uplink
+        unevenly there, see bench/README.md), and no loss. Any failure leaves plain
         rarest-first: slices are an optimisation, never a reason to fail a download.
         """
         if not self.slice_polls or self.slice_url is None or now < self.started + self.slice_polls[0]:

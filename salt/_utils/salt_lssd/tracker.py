@@ -788,7 +788,8 @@ def fetch_slice(url, info_hash, port, timeout=2):
         raise LssdError(f"tracker slice {url} answered {body[:80]!r}, not bencode") from None
     if isinstance(answer, dict) and b"failure reason" in answer:
         reason = answer[b"failure reason"]
-        raise LssdError(f"tracker slice {url}: {reason.decode('utf-8', 'replace')}")
+        reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else repr(reason)
+        raise LssdError(f"tracker slice {url}: {reason}")
     rank, peers = (answer.get(b"rank"), answer.get(b"peers")) if isinstance(answer, dict) else (None, None)
     if not (isinstance(rank, int) and isinstance(peers, int) and 0 <= rank < peers):
         raise LssdError(f"tracker slice {url} answered {answer!r:.200}, not a rank of peers")
