@@ -298,9 +298,7 @@ class Tracker:
         """
         try:
             info_hash = _binary(params, "info_hash", 20, "the torrent's SHA-1 info-hash", "/slice")
-            port = _uint(params, "port", required=True, request="/slice")
-            if not 1 <= port <= 65535:
-                raise _Refused(f"port {port} is out of range; it must be 1..65535")
+            port = _port(params, "/slice")
             key = (_address(remote_ip).packed, port)
             swarm = self._swarm(info_hash)
             with self._lock:
@@ -351,9 +349,7 @@ class Tracker:
     def _announce(self, params, remote_ip):
         info_hash = _binary(params, "info_hash", 20, "the torrent's SHA-1 info-hash")
         peer_id = _binary(params, "peer_id", 20, "the client's peer id")
-        port = _uint(params, "port", required=True)
-        if not 1 <= port <= 65535:
-            raise _Refused(f"port {port} is out of range; it must be 1..65535")
+        port = _port(params, "announce")
         _uint(params, "uploaded")
         _uint(params, "downloaded")
         left = _uint(params, "left", required=True)
@@ -513,6 +509,13 @@ def _uint(params, name, required=False, request="announce"):
     if not _UINT.fullmatch(value):
         raise _Refused(f"{name} {_show(value)} is not a non-negative integer")
     return int(value)
+
+
+def _port(params, request):
+    port = _uint(params, "port", required=True, request=request)
+    if not 1 <= port <= 65535:
+        raise _Refused(f"port {port} is out of range; it must be 1..65535")
+    return port
 
 
 def _flag(params, name):
