@@ -1,7 +1,8 @@
 """salt-lssd: large-scale server deploys over BitTorrent, as a SaltStack extension.
 
-The repository's ``salt/`` directory is a Salt file tree (the classic install: file_roots or
-gitfs plus ``saltutil.sync_all``). ``pip install .`` installs the same code as the
+The repository is a Salt file tree (the classic install: file_roots or gitfs plus
+``saltutil.sync_all``): ``_modules/``, ``_states/``, ``_runners/`` and ``_utils/`` at the top,
+the SLS tree in ``salt/``. ``pip install .`` installs the same code as the
 ``salt_lssd`` package and registers its loader directories through the ``salt.loader`` entry
 point, so the ``lssd`` execution and state modules load with no sync.
 """
@@ -17,9 +18,9 @@ setup(
     python_requires=">=3.9",
     packages=["salt_lssd", "salt_lssd.loader_modules", "salt_lssd.loader_states"],
     package_dir={
-        "salt_lssd": "salt/_utils/salt_lssd",
-        "salt_lssd.loader_modules": "salt/_modules",
-        "salt_lssd.loader_states": "salt/_states",
+        "salt_lssd": "_utils/salt_lssd",
+        "salt_lssd.loader_modules": "_modules",
+        "salt_lssd.loader_states": "_states",
     },
     install_requires=["libtorrent>=2.0", "pyyaml"],
     extras_require={

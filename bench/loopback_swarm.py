@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "salt", "_utils"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "_utils"))
 
 from salt_lssd import common, procs, tracker  # noqa: E402
 from salt_lssd import torrent as metainfo  # noqa: E402

@@ -29,7 +29,7 @@ import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
-sys.path.insert(0, os.path.join(REPO, "salt", "_utils"))
+sys.path.insert(0, os.path.join(REPO, "_utils"))
 
 TRACKER_PORT = 8998
 TORRENT_PORT = 6881
@@ -83,7 +83,7 @@ class Context:
     def env(self):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (os.path.join(REPO, "salt", "_utils"), env.get("PYTHONPATH")) if p
+            p for p in (os.path.join(REPO, "_utils"), env.get("PYTHONPATH")) if p
         )
         env.pop("http_proxy", None)
         env.pop("HTTP_PROXY", None)

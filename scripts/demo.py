@@ -7,7 +7,7 @@ temporary directory (so several "hosts" share this machine), all running as the 
 - ``web1`` .. ``webN``: the peers (lssd:targets:peer is ``web*``), each with its own
   destination_path.
 
-The master serves the repository's ``salt/`` directory (file_roots) and a generated pillar;
+The master serves the repository (file_roots: its ``salt/`` SLS tree and the repository) and a generated pillar;
 the minions load the lssd modules through the installed package's ``salt.loader`` entry
 point. Then ``salt-run state.orchestrate lssd.orch.deploy`` ships a sample build and a table
 says what each peer got, from whom and how fast. Plain subprocesses and config files, so
@@ -90,7 +90,9 @@ class Demo:
             ret_port=self.ports["ret"],
             # A throwaway master: accept whatever minion knocks (only ours run here).
             auto_accept=True,
-            file_roots={"base": [os.path.join(REPO, "salt")]},
+            # The README's classic install: the SLS tree, then the repository for sync_all.
+            file_roots={"base": [os.path.join(REPO, "salt"), REPO]},
+            file_ignore_regex=[r"^\.venv/", r"^\.git/", r"^bench/results/"],
             pillar_roots={"base": [pillar]},
             worker_threads=4,
         )

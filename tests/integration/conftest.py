@@ -17,7 +17,7 @@ import time
 import pytest
 from lssd_testutil import make_build_tree
 
-from .lssd_integration import BUILD_MB, LINGER, PEERS, REPO, Env, free_port
+from .lssd_integration import BUILD_MB, FILE_IGNORE_REGEX, LINGER, PEERS, REPO, Env, free_port
 
 
 @pytest.fixture(scope="package")
@@ -81,7 +81,9 @@ def lssd_env(salt_factories, lssd_root):
         defaults={"root_dir": str(root / "master")},
         overrides={
             "interface": "127.0.0.1",
-            "file_roots": {"base": [str(REPO / "salt")]},
+            # The README's classic install: the SLS tree and the repository (for sync_all).
+            "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
+            "file_ignore_regex": FILE_IGNORE_REGEX,
             "pillar_roots": {"base": [str(pillar)]},
             "fileserver_list_cache_time": 0,
         },

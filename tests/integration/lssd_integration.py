@@ -5,8 +5,8 @@ web1, web2), once for the package.
 
 All of them run on 127.0.0.1 from one short temporary directory (unix socket paths must stay
 short), each minion with its own root_dir and cachedir, hence its own lssd state directory, as
-hosts sharing one machine would. The master serves the repository's ``salt/`` directory as
-file_roots; its pillar (conftest.py) gives every minion the ``lssd`` settings and each peer its
+hosts sharing one machine would. The master serves the repository as the README's classic install
+does (file_roots: its ``salt/`` SLS tree, then the repository itself for ``saltutil.sync_all``); its pillar (conftest.py) gives every minion the ``lssd`` settings and each peer its
 own ``destination_path``. The minions load the ``lssd`` modules through the ``salt.loader`` entry
 point of the installed package (no sync).
 """
@@ -22,6 +22,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 PEERS = ("web1", "web2")
 LINGER = 3
 BUILD_MB = 20
+# A developer's checkout holds a virtualenv and git objects the fileserver need not walk.
+FILE_IGNORE_REGEX = [r"^\.venv/", r"^\.git/", r"^bench/results/", r"\.egg-info/"]
 
 
 def wait_until(predicate, timeout, what, interval=0.25):

@@ -30,7 +30,7 @@ def test_pillar_example_is_the_defaults():
 def test_every_documented_key_is_used_and_every_used_key_documented():
     documented = flat_keys(yaml.safe_load((REPO / "pillar.example").read_text())["lssd"])
     sls = "\n".join(p.read_text() for p in (REPO / "salt" / "lssd").rglob("*.sls"))
-    module = (REPO / "salt" / "_modules" / "lssd.py").read_text()
+    module = (REPO / "_modules" / "lssd.py").read_text()
     # SLS read the merged settings as lssd.<key>[.<sub>]; the module as _conf("<key>[:<sub>]").
     used_by_sls = {m.replace(".", ":") for m in re.findall(r"\blssd\.([a-z_]+(?:\.[a-z_]+)?)", sls)}
     used_by_sls = {k for k in used_by_sls if k.split(":")[0] in {d.split(":")[0] for d in documented}}

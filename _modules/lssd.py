@@ -35,7 +35,7 @@ try:
 except ImportError:
     # Classic install (file_roots/gitfs + saltutil.sync_all): the package arrives in the
     # minion's extmods/utils beside this extmods/modules directory; in the repository it
-    # sits in salt/_utils beside salt/_modules.
+    # sits in _utils beside _modules.
     _parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for _candidate in (os.path.join(_parent, "utils"), os.path.join(_parent, "_utils")):
         if os.path.isdir(os.path.join(_candidate, "salt_lssd")) and _candidate not in sys.path:

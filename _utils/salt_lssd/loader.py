@@ -3,12 +3,12 @@
 import os
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# In the repository this package sits at salt/_utils/salt_lssd, beside salt/_modules.
+# In the repository this package sits at _utils/salt_lssd, beside _modules.
 _TREE = os.path.dirname(os.path.dirname(_HERE))
 
 
 def _loader_dir(installed_name, tree_name):
-    # setup.py installs salt/_modules as salt_lssd/loader_modules (and so on); an editable
+    # setup.py installs _modules as salt_lssd/loader_modules (and so on); an editable
     # install leaves the package in the repository, where the directories keep their names.
     installed = os.path.join(_HERE, installed_name)
     if os.path.isdir(installed):
