@@ -135,11 +135,9 @@ def slice_priorities(num_pieces, rank, peers):
 
 
 def slice_url(announce_url):
-    """Our tracker's /slice URL for a torrent announcing to ``announce_url`` (None if not ours)."""
-    base, sep, rest = announce_url.rpartition("/announce")
-    if not sep or rest:
-        return None
-    return base + "/slice"
+    """Our tracker's /slice URL for a torrent announcing to ``announce_url`` (None if not ours);
+    the tracker's client module builds both, passkey included."""
+    return tracker.slice_url(announce_url)
 
 
 def run(role, reporter):

@@ -35,18 +35,12 @@ def piece_size_for(size):
     return piece
 
 
-def announce_url(host, port):
-    """Announce URL of our tracker. libtorrent only talks to a loopback tracker whose path
-    starts with /announce (SSRF mitigation), so every URL we make has that path."""
-    if not host:
-        raise LssdError("tracker host is empty; set pillar lssd:tracker:host or pass tracker=")
-    try:
-        port = int(port)
-    except (TypeError, ValueError):
-        raise LssdError(f"tracker port {port!r} is not a number; allowed: 1-65535") from None
-    if not 0 < port < 65536:
-        raise LssdError(f"tracker port {port} is out of range; allowed: 1-65535")
-    return f"http://{url_host(host)}:{port}/announce"
+def announce_url(host, port, passkey=None):
+    """Announce URL of our tracker (``?passkey=<hex>`` with a passkey); built by the tracker's
+    client module, which also derives the /slice URL from it, so the two cannot drift."""
+    from salt_lssd.tracker import client  # the tracker package imports this module
+
+    return client.announce_url(host, port, passkey)
 
 
 def url_host(host):
@@ -55,12 +49,10 @@ def url_host(host):
 
 
 def check_announce_url(url):
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise LssdError(f"tracker {url!r} is not an http(s) URL such as http://tracker01:8998/announce")
-    if not parts.path.startswith("/announce"):
-        raise LssdError(f"tracker {url!r} must have a path starting with /announce")
-    return url
+    """``url`` if our tracker can answer it (see the tracker client's check_announce_url)."""
+    from salt_lssd.tracker import client  # the tracker package imports this module
+
+    return client.check_announce_url(url)
 
 
 def make_torrent(archive, torrent_path, tracker, lssd=None):

@@ -1,0 +1,96 @@
+"""The torrents a tracker serves: one file per info-hash under ``Layout(state_dir).allowed``.
+
+The execution module registers a deploy's torrent here (:func:`allow`) and the tracker process
+reads it (:func:`lookup`), so registering needs no connection to the running tracker. A
+registration may carry a passkey: the tracker then answers for that info-hash only to requests
+that present it, so a host that learns the info-hash alone learns nothing. The files are mode
+0600 because they hold the passkeys.
+"""
+
+import os
+import re
+import secrets
+
+from salt_lssd import LssdError
+from salt_lssd.common import Layout, read_json, validate_tag, write_json_atomic
+
+_HEX40 = re.compile(r"[0-9a-fA-F]{40}")
+# 64 bits at least, so guessing one is hopeless against a tracker answering thousands of
+# requests a second; 512 bits at most, so it fits a URL comfortably.
+_PASSKEY = re.compile(r"[0-9a-fA-F]{16,128}")
+PASSKEY_BYTES = 16
+
+
+def validate_infohash(infohash_hex):
+    """Return ``infohash_hex`` in lower case if it is 40 hex digits, else raise LssdError."""
+    if not isinstance(infohash_hex, str) or not _HEX40.fullmatch(infohash_hex):
+        raise LssdError(
+            f"info-hash {infohash_hex!r} is not 40 hexadecimal digits "
+            "(the SHA-1 info-hash of a torrent, as create_torrent returns it)"
+        )
+    return infohash_hex.lower()
+
+
+def validate_passkey(passkey):
+    """Return ``passkey`` in lower case if it is 16 to 128 hex digits (or None), else raise."""
+    if passkey is None:
+        return None
+    if not isinstance(passkey, str) or not _PASSKEY.fullmatch(passkey):
+        shown = passkey if not isinstance(passkey, str) else passkey[:8] + "..." * (len(passkey) > 8)
+        raise LssdError(
+            f"passkey {shown!r} is not 16 to 128 hexadecimal digits "
+            "(make one with salt_lssd.tracker.new_passkey())"
+        )
+    return passkey.lower()
+
+
+def new_passkey():
+    """A fresh random passkey, as hex."""
+    return secrets.token_hex(PASSKEY_BYTES)
+
+
+def allow(state_dir, infohash_hex, tag, passkey=None):
+    """Register a torrent with the tracker serving ``state_dir``; a running tracker serves it
+    from its next announce on. With ``passkey`` (hex), only requests carrying
+    ``passkey=<hex>`` are answered for it. Returns ``{"infohash", "tag", "protected", "path",
+    "changed"}``; ``changed`` is False when the same registration was already there."""
+    infohash = validate_infohash(infohash_hex)
+    validate_tag(tag)
+    passkey = validate_passkey(passkey)
+    path = os.path.join(Layout(state_dir).allowed, infohash)
+    record = {"tag": tag, "infohash": infohash}
+    if passkey is not None:
+        record["passkey"] = passkey
+    changed = read_json(path) != record
+    if changed:
+        write_json_atomic(path, record)  # mode 0600: the record holds the passkey
+    return {"infohash": infohash, "tag": tag, "protected": passkey is not None, "path": path,
+            "changed": changed}
+
+
+def lookup(state_dir, infohash_hex):
+    """``{"tag", "infohash", "passkey"}`` (passkey None if unprotected) of a registered torrent,
+    or None if ``infohash_hex`` (lower-case hex) is not registered."""
+    record = read_json(os.path.join(Layout(state_dir).allowed, infohash_hex))
+    if not isinstance(record, dict):
+        return None
+    passkey = record.get("passkey")
+    return {"tag": record.get("tag"), "infohash": infohash_hex,
+            "passkey": passkey if isinstance(passkey, str) else None}
+
+
+def registered(state_dir):
+    """``{infohash hex: {"tag", "infohash", "protected"}}`` for every torrent registered under
+    ``state_dir``; passkeys stay in the files."""
+    directory = Layout(state_dir).allowed
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return {}
+    found = {}
+    for name in names:
+        if _HEX40.fullmatch(name) and name == name.lower():  # skips write_json_atomic's temps
+            record = lookup(state_dir, name) or {"tag": None, "passkey": None}
+            found[name] = {"tag": record["tag"], "infohash": name,
+                           "protected": record["passkey"] is not None}
+    return found
