@@ -36,16 +36,13 @@ as ``lssd.orch.deploy`` does.
         - destination_path: /opt/app
 """
 
-import logging
-
-from salt.exceptions import CommandExecutionError, SaltException
-
-log = logging.getLogger(__name__)
+from salt.exceptions import SaltException
 
 __virtualname__ = "lssd"
 
+
 def __virtual__():
-    if "lssd.peer" not in __salt__:
+    if "lssd.plan" not in __salt__:
         return (
             False,
             "lssd: the lssd execution module is not loaded: it needs the salt_lssd package "
@@ -55,38 +52,52 @@ def __virtual__():
     return __virtualname__
 
 
-def _ret(name, comment):
-    return {"name": name, "result": True, "comment": comment, "changes": {}}
+def _record(changes, step, out):
+    """Report what a step that ran changed (see salt_lssd.plans: the plan's change, updated
+    with what the call returned)."""
+    value = step["changes"]
+    if step["field"]:
+        value = out.get(step["field"])
+    elif step["fields"]:
+        picked = {k: out[k] for k in step["fields"] if k in out}
+        value = dict(value, **({step["nest"]: picked} if step["nest"] else picked))
+    changes[step["key"]] = value
+    changes.update(step["extra"])
 
 
-def _fail(ret, exc):
-    ret["result"] = False
-    ret["comment"] = str(exc)
-    ret["changes"] = {}
+def _apply(name, state, **kwargs):
+    """One state: ask for the plan; in test mode return it; else apply its steps in order.
+
+    A step that fails ends the state with ``result: False``; the changes of the steps that ran
+    before it stay in ``changes``, so requisites such as ``onchanges`` see what happened.
+    """
+    ret = {"name": name, "result": True, "comment": "", "changes": {}}
+    try:
+        plan = __salt__["lssd.plan"](state, name, test=bool(__opts__["test"]), **kwargs)
+    except SaltException as exc:
+        return dict(ret, result=False, comment=str(exc))
+    ret["comment"] = plan["comment"]
+    if not plan["steps"]:
+        return ret
+    if __opts__["test"]:
+        return dict(ret, result=None, changes=plan["changes"])
+    comments = []
+    for step in plan["steps"]:
+        try:
+            out = __salt__[f"lssd.{step['call']}"](**step["kwargs"])
+        except SaltException as exc:
+            comments.append(str(exc))
+            return dict(ret, result=False, comment="; ".join(comments))
+        if isinstance(out, dict) and out.get("comment"):
+            comments.append(out["comment"])
+        out = out if isinstance(out, dict) else {}
+        if step["key"] and out.get("changed") is not False:
+            _record(ret["changes"], step, out)
+    ret["comment"] = "; ".join(comments) or plan["comment"]
     return ret
 
 
-def _running(role, tag=None):
-    """The processes of ``role`` (for ``tag``, unless None) that run on this minion, by tag."""
-    return {
-        proc.get("tag"): proc
-        for proc in __salt__["lssd.status"]()["processes"]
-        if proc.get("role") == role and proc.get("running") and (tag is None or proc.get("tag") == tag)
-    }
-
-
-def _integer(value, what, minimum):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not str(value).strip().isdigit() or int(str(value).strip()) < minimum:
-        raise CommandExecutionError(f"{what} {value!r} is not a whole number of at least {minimum}")
-    return int(str(value).strip())
-
-
-# --------------------------------------------------------------------------- tracker
-
-
-def tracker_running(name, port=None, bind="0.0.0.0", interval=None):
+def tracker_running(name, port=None, bind=None, interval=None):
     """
     Ensure the BitTorrent tracker runs on this minion, as asked.
 
@@ -99,40 +110,12 @@ def tracker_running(name, port=None, bind="0.0.0.0", interval=None):
         TCP port to listen on. Default: pillar ``lssd:tracker:port``, else 8998 (a running
         tracker is accepted on any port when this is not given).
     bind
-        Address to listen on. Default: ``0.0.0.0``.
+        Address to listen on. Default: pillar ``lssd:tracker:bind``, else ``0.0.0.0``.
     interval
         Seconds between a peer's announces. Default: the tracker's own (10); a running tracker
         is accepted with any interval when this is not given.
     """
-    ret = _ret(name, "The tracker is already running as specified")
-    try:
-        port = _integer(port, "port", 1)
-        interval = _integer(interval, "interval", 1)
-        current = _running("tracker").get(None)
-        old = None
-        if current:
-            old = {k: current.get(k) for k in ("pid", "bind", "port", "interval")}
-            wanted = {"bind": bind, "port": port, "interval": interval}
-            differs = {k: v for k, v in wanted.items() if v is not None and current.get(k) != v}
-            if not differs:
-                ret["comment"] = (
-                    f"The tracker is already running on {current.get('bind')}:{current.get('port')}"
-                )
-                return ret
-        verb = "restart" if current else "start"
-        ret["changes"] = {"tracker": {"old": old, "new": {"bind": bind, "port": port, "interval": interval}}}
-        if __opts__["test"]:
-            ret["result"] = None
-            ret["comment"] = f"The tracker would {verb} on {bind}:{port or 'the configured port'}"
-            return ret
-        if current:
-            __salt__["lssd.tracker_stop"]()
-        started = __salt__["lssd.tracker_start"](port=port, bind=bind, interval=interval)
-        ret["changes"]["tracker"]["new"] = {k: started.get(k) for k in ("pid", "bind", "port", "interval")}
-        ret["comment"] = f"The tracker was {verb}ed on {started.get('bind')}:{started.get('port')}"
-    except SaltException as exc:
-        _fail(ret, exc)
-    return ret
+    return _apply(name, "tracker_running", port=port, bind=bind, interval=interval)
 
 
 def tracker_stopped(name):
@@ -142,31 +125,10 @@ def tracker_stopped(name):
     name
         An ID for the state; not used otherwise.
     """
-    ret = _ret(name, "The tracker is already stopped")
-    try:
-        current = _running("tracker").get(None)
-        if not current:
-            return ret
-        ret["changes"] = {
-            "tracker": {"old": {k: current.get(k) for k in ("pid", "bind", "port")}, "new": None}
-        }
-        if __opts__["test"]:
-            ret["result"] = None
-            ret["comment"] = f"The tracker (pid {current.get('pid')}) would be stopped"
-            return ret
-        stopped = __salt__["lssd.tracker_stop"]()
-        ret["comment"] = stopped.get("comment", "The tracker was stopped")
-    except SaltException as exc:
-        _fail(ret, exc)
-    return ret
+    return _apply(name, "tracker_stopped")
 
 
-# --------------------------------------------------------------------------- seeder
-
-
-def seeding(
-    name, files_path=None, tracker=None, compression=None, exclude=None, path_is_file=False, rebuild=False
-):
+def seeding(name, files_path=None, tracker=None, compression=None, exclude=None, path_is_file=None, rebuild=None):
     """
     Ensure this minion seeds the tag ``name``, building its archive and torrent if needed.
 
@@ -189,54 +151,18 @@ def seeding(
         Patterns of names not to pack. Default: pillar ``lssd:exclude``, else
         ``['.git*', '.svn*']``.
     path_is_file
-        Distribute ``files_path`` as one file, unpacked. Default: False.
+        Distribute ``files_path`` as one file, unpacked. Default: pillar ``lssd:path_is_file``,
+        else False.
     rebuild
-        Pack and make the torrent again even if this minion has one for the tag. Default: False.
+        Pack and make the torrent again even if this minion has one for the tag. Default:
+        pillar ``lssd:rebuild``, else False.
     """
-    ret = _ret(name, f"{name} is already being seeded")
-    try:
-        info = __salt__["lssd.torrent_info"](name)
-        build = bool(rebuild) or info is None
-        if not build and info["seeding"]:
-            ret["comment"] = f"{name} is already being seeded (infohash {info['infohash']})"
-            return ret
-        if __opts__["test"]:
-            ret["result"] = None
-            if build:
-                ret["changes"]["built"] = {
-                    "tag": name,
-                    "files_path": files_path or "(pillar lssd:seeder_files_path)",
-                }
-            ret["changes"]["seeding"] = {"old": False, "new": True}
-            ret["comment"] = (f"{name} would be packed and " if build else f"{name} would be ") + "seeded"
-            return ret
-        comments = []
-        if build:
-            made = __salt__["lssd.create_torrent"](
-                name,
-                files_path=files_path,
-                tracker=tracker,
-                compression=compression,
-                exclude=exclude,
-                path_is_file=path_is_file,
-            )
-            ret["changes"]["built"] = {k: made[k] for k in ("infohash", "sha256", "size")}
-            comments.append(f"{name} was packed ({made['size']} bytes, infohash {made['infohash']})")
-        started = __salt__["lssd.seed_start"](name)
-        if started.get("changed"):
-            ret["changes"]["seeding"] = {
-                "old": False,
-                "new": True,
-                "pid": started.get("pid"),
-                "infohash": started.get("infohash"),
-            }
-            comments.append(f"seeding {name} started")
-        else:
-            comments.append(f"{name} was already being seeded")
-        ret["comment"] = "; ".join(comments)
-    except SaltException as exc:
-        _fail(ret, exc)
-    return ret
+    return _apply(
+        name,
+        "seeding",
+        files_path=files_path, tracker=tracker, compression=compression, exclude=exclude,
+        path_is_file=path_is_file, rebuild=rebuild,
+    )
 
 
 def seeding_stopped(name):
@@ -249,43 +175,14 @@ def seeding_stopped(name):
     name
         A deploy tag, or ``all``.
     """
-    ret = _ret(name, "No tag is being seeded" if name == "all" else f"{name} is already not being seeded")
-    try:
-        tag = None if name == "all" else name
-        running = _running("seeder", tag)
-        if not running:
-            return ret
-        ret["changes"]["stopped"] = sorted(running)
-        if __opts__["test"]:
-            ret["result"] = None
-            ret["comment"] = f"Seeding would stop for {', '.join(sorted(running))}"
-            return ret
-        stopped = __salt__["lssd.seed_stop"](tag)
-        ret["changes"]["stopped"] = sorted(stopped.get("stopped") or running)
-        ret["comment"] = f"Seeding stopped for {', '.join(ret['changes']['stopped'])}"
-    except SaltException as exc:
-        _fail(ret, exc)
-    return ret
-
-
-# --------------------------------------------------------------------------- peer
-
-
-def _link_name(current):
-    if current is None or current is False:
-        return None
-    if current is True:
-        return "current"
-    if isinstance(current, str) and current:
-        return current
-    raise CommandExecutionError(f"current {current!r} must be true, false or the name of a symlink")
+    return _apply(name, "seeding_stopped")
 
 
 def deployed(
     name,
     destination_path=None,
     torrent=None,
-    timeout=3600,
+    timeout=None,
     linger=None,
     no_tag_directory=None,
     unsafe_please_delete=None,
@@ -313,7 +210,7 @@ def deployed(
         A .torrent path on this minion or a ``salt://`` URL. Default: the torrent the seeder
         published to the mine.
     timeout
-        Seconds to wait for the download. Default: 3600.
+        Seconds to wait for the download. Default: pillar ``lssd:timeout``, else 3600.
     linger
         Seconds the peer keeps seeding after its download. Default: pillar ``lssd:linger``,
         else 30.
@@ -326,143 +223,28 @@ def deployed(
     owner, group, mode
         Owner, group (recursively) and mode (of the tag directory) of the installed tree.
         Default: pillar ``lssd:destination_owner``, ``destination_group``,
-        ``destination_mode``, else as extracted.
+        ``destination_mode``, else ``root``, ``root`` and ``'0755'``.
     force
         Replace the installed tag when the published build under the same tag differs.
         Default: False.
     current
         A symlink in ``destination_path`` pointing (relatively) to the tag's directory,
         switched atomically: ``true`` for ``current``, or the symlink's name. A file or
-        directory of that name is refused. Default: None (no symlink).
+        directory of that name is refused. Default: pillar ``lssd:current``, else false (no
+        symlink).
     keep
         After deploying, keep this many most recently installed tags in ``destination_path``
         (1 or more) and remove older ones that lssd installed there -- directory, archive and
         record -- never anything else, and never the tag a symlink there points to.
-        Default: None (keep all).
+        Default: pillar ``lssd:keep``, else none (keep all).
     """
-    ret = _ret(name, f"{name} is already deployed")
-    try:
-        link = _link_name(current)
-        keep = _integer(keep, "keep", 1)
-        where = __salt__["lssd.target"](
-            name, destination_path=destination_path, no_tag_directory=no_tag_directory
-        )
-        destination, target = where["destination_path"], where["target"]
-        if where["no_tag_directory"] and (link or keep):
-            raise CommandExecutionError(
-                "current and keep need one directory per tag; they cannot be used with no_tag_directory"
-            )
-        if link:
-            # Refuses a non-symlink in the way before a single byte moves.
-            __salt__["lssd.switch_current"](name, destination, link=link, test=True)
-
-        record = __salt__["lssd.installed"](name)
-        if record and record.get("target") != target:
-            record = None  # installed elsewhere: this destination does not hold it
-        wanted = __salt__["lssd.lookup"](name, torrent=torrent, missing_ok=True)
-        unpublished = None
-        if not wanted["published"]:
-            if not (record or __opts__["test"]):
-                raise CommandExecutionError(wanted["comment"])
-            wanted, unpublished = None, wanted["comment"]
-
-        download = replace = False
-        if record is None:
-            download = True
-        elif wanted is not None and wanted["sha256"] != record.get("sha256"):
-            if not force:
-                ret["result"] = False
-                ret["comment"] = (
-                    f"{name} is installed in {target} with SHA-256 {record.get('sha256')}, but the "
-                    f"published build of {name} has SHA-256 {wanted['sha256']}; set force: True to "
-                    "replace it (or deploy the new build under a new tag)"
-                )
-                return ret
-            download = replace = True
-        elif unpublished:
-            ret["comment"] = (
-                f"{name} is already deployed (no seeder publishes it now; the installed build stands)"
-            )
-
-        if __opts__["test"]:
-            return _deployed_test(
-                ret, name, destination, target, link, keep, record, wanted, unpublished, download, replace
-            )
-
-        comments = []
-        if download:
-            if replace:
-                # The old build's archive has the new one's name: drop it rather than resume it.
-                __salt__["lssd.peer_stop"](name)
-                __salt__["lssd.rm_tgz"](name)
-            summary = __salt__["lssd.peer"](
-                name,
-                destination_path=destination,
-                torrent=torrent,
-                timeout=timeout,
-                linger=linger,
-                no_tag_directory=where["no_tag_directory"],
-                unsafe_please_delete=True if replace else unsafe_please_delete,
-                owner=owner,
-                group=group,
-                mode=mode,
-            )
-            ret["changes"]["deployed"] = {
-                k: summary.get(k)
-                for k in ("target", "sha256", "bytes", "seconds", "rate", "from_seeder", "from_peers")
-            }
-            if replace:
-                ret["changes"]["sha256"] = {"old": record.get("sha256"), "new": summary.get("sha256")}
-            comments.append(
-                f"{'replaced' if replace else 'deployed'} {name} in {summary['target']} "
-                f"({summary['bytes']} bytes in {summary['seconds']} s)"
-            )
-        if link:
-            switched = __salt__["lssd.switch_current"](name, destination, link=link)
-            if switched["changed"]:
-                ret["changes"]["current"] = {"old": switched["old"], "new": name}
-                comments.append(f"{switched['link']} now points to {name}")
-        if keep:
-            pruned = __salt__["lssd.prune"](keep, destination, newest=name, link=link)
-            if pruned["changed"]:
-                ret["changes"]["removed"] = pruned["remove"]
-                comments.append(f"removed older tags {', '.join(pruned['remove'])}")
-        if comments:
-            ret["comment"] = "; ".join(comments)
-    except SaltException as exc:
-        _fail(ret, exc)
-    return ret
-
-
-def _deployed_test(
-    ret, name, destination, target, link, keep, record, wanted, unpublished, download, replace
-):
-    """The test=True half of ``deployed``: what would change, with no side effect."""
-    comments = []
-    if download:
-        size = wanted["size"] if wanted else None
-        ret["changes"]["deployed"] = {"target": target, "sha256": wanted and wanted["sha256"], "bytes": size}
-        if replace:
-            ret["changes"]["sha256"] = {"old": record.get("sha256"), "new": wanted["sha256"]}
-            comments.append(f"would replace {name} in {target} (force): download {size} bytes")
-        elif wanted:
-            comments.append(f"would download {name} ({size} bytes) to {target}")
-        else:
-            comments.append(f"would download {name} to {target} once a seeder publishes it ({unpublished})")
-    if link:
-        switched = __salt__["lssd.switch_current"](name, destination, link=link, test=True)
-        if switched["changed"]:
-            ret["changes"]["current"] = {"old": switched["old"], "new": name}
-            comments.append(f"would point {switched['link']} to {name}")
-    if keep:
-        pruned = __salt__["lssd.prune"](keep, destination, newest=name, link=link, test=True)
-        if pruned["changed"]:
-            ret["changes"]["removed"] = pruned["remove"]
-            comments.append(f"would remove older tags {', '.join(pruned['remove'])}")
-    if ret["changes"]:
-        ret["result"] = None
-        ret["comment"] = "; ".join(comments)
-    return ret
+    return _apply(
+        name,
+        "deployed",
+        destination_path=destination_path, torrent=torrent, timeout=timeout, linger=linger,
+        no_tag_directory=no_tag_directory, unsafe_please_delete=unsafe_please_delete, owner=owner, group=group,
+        mode=mode, force=force, current=current, keep=keep,
+    )
 
 
 def absent(name, destination_path=None, force=False):
@@ -482,22 +264,27 @@ def absent(name, destination_path=None, force=False):
         Also remove the tag that a symlink beside it (such as ``current``) points to, and that
         symlink; and a tag installed with ``no_tag_directory``. Default: False.
     """
-    ret = _ret(name, f"{name} is already absent")
-    try:
-        plan = __salt__["lssd.uninstall"](name, destination_path=destination_path, force=force, test=True)
-        if not plan["changed"]:
-            return ret
-        removed = {k: plan[k] for k in ("target", "links", "files", "record") if plan[k]}
-        ret["changes"]["removed"] = removed
-        if __opts__["test"]:
-            ret["result"] = None
-            ret["comment"] = f"{name} would be removed" + (
-                f" from {plan['target']}" if plan["target"] else ""
-            )
-            return ret
-        done = __salt__["lssd.uninstall"](name, destination_path=destination_path, force=force)
-        ret["changes"]["removed"] = {k: done[k] for k in ("target", "links", "files", "record") if done[k]}
-        ret["comment"] = f"{name} was removed" + (f" from {done['target']}" if done["target"] else "")
-    except SaltException as exc:
-        _fail(ret, exc)
-    return ret
+    return _apply(name, "absent", destination_path=destination_path, force=force)
+
+
+def peer_stopped(name="all"):
+    """
+    Ensure no lssd peer runs on this minion for the tag ``name`` (or for any tag, with
+    ``all``): a download or a lingering peer is stopped. Reports a change only when one ran.
+
+    name
+        A deploy tag, or ``all``.
+    """
+    return _apply(name, "peer_stopped")
+
+
+def archive_absent(name):
+    """
+    Ensure the archive and torrent of the tag ``name`` are not on this minion (the installed
+    tree stays). Refused while this minion still seeds or downloads the tag. Reports a change
+    only when a file was removed.
+
+    name
+        The deploy tag.
+    """
+    return _apply(name, "archive_absent")

@@ -12,6 +12,7 @@ A minion keeps everything lssd owns below one *state directory* (default
                                      pid, config.json, state.json, log
       tracker/allowed/<infohash>     info-hashes the tracker serves (tracker_allow)
       installed/<tag>.json           what the peer installed and where (for idempotent states)
+      locks/peer-<tag>.lock          held while a job deploys the tag (one at a time)
 """
 
 import hashlib
@@ -95,6 +96,10 @@ class Layout:
     def installed(self):
         return self._sub("installed")
 
+    @property
+    def locks(self):
+        return self._sub("locks")
+
     def torrent(self, tag):
         return os.path.join(self.torrents, validate_tag(tag) + ".torrent")
 
@@ -105,20 +110,35 @@ class Layout:
         name = role if tag is None else f"{role}-{validate_tag(tag)}"
         return os.path.join(self.run, name)
 
+    def run_dirs(self, role=None, tag=None):
+        """``{(role, tag): run_dir}`` of the processes started here, filtered by ``role`` and
+        ``tag``; the tracker's tag is None. The one place that parses run directory names."""
+        if role is not None and tag is not None:
+            return {(role, validate_tag(tag)): self.run_dir(role, tag)}
+        found = {}
+        names = sorted(os.listdir(self.run)) if os.path.isdir(self.run) else []
+        for name in names:
+            each_role, _, each_tag = name.partition("-")
+            if role in (None, each_role) and tag in (None, each_tag):
+                found[(each_role, each_tag or None)] = os.path.join(self.run, name)
+        return found
+
     def installed_record(self, tag):
         return os.path.join(self.installed, validate_tag(tag) + ".json")
 
 
-def write_json_atomic(path, data):
-    """Write JSON so a reader sees the old file or the new one, never half of one."""
+def write_atomic(path, data, mode=0o600):
+    """Write ``data`` (bytes or str) so a reader sees the old file or the new one, never half
+    of one: a temporary file beside ``path``, flushed to disk, then renamed over it."""
     directory = os.path.dirname(path)
     ensure_dir(directory)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".partial")
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, sort_keys=True)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -126,6 +146,10 @@ def write_json_atomic(path, data):
         except FileNotFoundError:
             pass
         raise
+
+
+def write_json_atomic(path, data):
+    write_atomic(path, json.dumps(data, sort_keys=True))
 
 
 def read_json(path, default=None):

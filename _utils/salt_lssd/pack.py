@@ -149,16 +149,17 @@ def link_escapes(name, linkname):
     return False
 
 
-def _check_exclude(exclude):
+def check_exclude(exclude, name="exclude"):
+    """``exclude`` as a list of patterns (the default for None, a str as one pattern)."""
     if exclude is None:
         return list(DEFAULT_EXCLUDE)
     if isinstance(exclude, str):
         exclude = [exclude]
     if not isinstance(exclude, (list, tuple)):
-        raise LssdError(f"exclude {exclude!r} must be a list of patterns such as ['.git*', '*.log']")
+        raise LssdError(f"{name} {exclude!r} must be a list of patterns such as ['.git*', '*.log']")
     for pattern in exclude:
         if not isinstance(pattern, str) or not pattern:
-            raise LssdError(f"exclude pattern {pattern!r} must be a non-empty string such as '.git*'")
+            raise LssdError(f"{name} pattern {pattern!r} must be a non-empty string such as '.git*'")
     return list(exclude)
 
 
@@ -485,7 +486,7 @@ def pack(files_path, archive_dir, tag, compression=None, exclude=None, path_is_f
     """
     validate_tag(tag)
     compression = check_compression(compression, path_is_file)
-    patterns = _check_exclude(exclude)
+    patterns = check_exclude(exclude)
     files_path, archive_dir = _check_paths(files_path, archive_dir, path_is_file)
     command = tool_command(compression)
     ensure_dir(archive_dir)

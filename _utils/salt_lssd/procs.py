@@ -19,7 +19,7 @@ import sys
 import time
 
 from salt_lssd import LssdError
-from salt_lssd.common import ensure_dir, read_json, write_json_atomic
+from salt_lssd.common import ensure_dir, read_json, write_atomic, write_json_atomic
 
 # The directory holding the salt_lssd package: on PYTHONPATH for the child, so the classic
 # install (package synced to <extmods>/utils) needs no manual step.
@@ -57,10 +57,7 @@ def pid_of(run_dir):
 
 def write_pidfile(run_dir):
     pid = os.getpid()
-    tmp = os.path.join(run_dir, ".pid.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(f"{pid} {_proc_start_time(pid)}\n")
-    os.replace(tmp, os.path.join(run_dir, "pid"))
+    write_atomic(os.path.join(run_dir, "pid"), f"{pid} {_proc_start_time(pid)}\n")
 
 
 def state(run_dir):
@@ -195,3 +192,16 @@ class Reporter:
         self._state.update(fields)
         self._state["updated"] = time.time()
         write_json_atomic(os.path.join(self.run_dir, "state.json"), self._state)
+
+
+def stop_each(role, run_dirs, tag=None):
+    """Stop the processes of ``run_dirs`` (``{(role, tag): run_dir}``); say which ran."""
+    stopped = {}
+    for (_, each), run_dir in run_dirs.items():
+        pid = stop(run_dir)
+        if pid is not None:
+            stopped[each] = pid
+    if not stopped:
+        comment = f"{role} for {tag} was not running" if tag else f"no {role} was running"
+        return {"changed": False, "stopped": {}, "comment": comment}
+    return {"changed": True, "stopped": stopped, "comment": f"stopped {role} for {', '.join(sorted(stopped))}"}

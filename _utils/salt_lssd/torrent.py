@@ -12,10 +12,11 @@ import time
 from urllib.parse import urlsplit
 
 from salt_lssd import LssdError, __version__, bencode
+from salt_lssd.common import write_atomic
 
 # Small pieces spread fastest through a fresh swarm: a peer can serve a piece to others as
 # soon as it has it, and the seeder's first copies reach more peers sooner. Measured on a
-# 16-peer loopback/namespace swarm (LAB-FINDINGS): 64 KiB pieces finished ~50% sooner than
+# 16-peer namespace swarm (bench/README.md): 64 KiB pieces finished ~50% sooner than
 # 1 MiB ones, 4 MiB ones much later. bench/run (F=100 MiB, U=50 Mbit/s, with slices):
 # 32 KiB against 64 KiB, efficiency 0.88 vs 0.81 at N=8 and 0.76 vs 0.61-0.72 at N=16 (seeder
 # upload 1.11 / 1.26 vs 1.20 / 1.46 x F); 16 KiB (one block per piece) did no better than
@@ -89,12 +90,7 @@ def make_torrent(archive, torrent_path, tracker, lssd=None):
     }
     if lssd:
         meta["lssd"] = lssd
-    data = bencode.encode(meta)
-    tmp = torrent_path + ".tmp"
-    os.makedirs(os.path.dirname(torrent_path), exist_ok=True)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, torrent_path)
+    write_atomic(torrent_path, bencode.encode(meta))
     return {
         "torrent": os.path.abspath(torrent_path),
         "infohash": hashlib.sha1(bencode.encode(info)).hexdigest(),

@@ -1,0 +1,225 @@
+"""Deploying one tag on a peer: find its torrent, download it through the swarm, install it.
+
+The download runs in a detached process (``swarm``) that keeps seeding for ``linger``
+seconds after it completes; the Salt job waits for it here, sending progress events, then
+installs the archive (``install``: SHA-256 checked while extracting, in one read, and the
+target renamed into place) and records the install (``inventory``). Two jobs deploying the
+same tag on one minion are serialized: the second finds the tag installed and does nothing.
+"""
+
+import fcntl
+import os
+import time
+
+from salt_lssd import LssdError, NotPublished, install, inventory, mine, procs
+from salt_lssd import torrent as metainfo
+from salt_lssd.common import ensure_dir, validate_tag, write_atomic
+from salt_lssd.settings import number
+
+_SUMMARY_KEYS = ("progress", "download_rate", "upload_rate", "peers", "seeds", "total_done")
+
+
+def get_torrent(minion, tag, torrent=None, nonce=None):
+    """(bytes, info) of the torrent for ``tag``: a path or ``salt://`` URL, else the mine."""
+    if torrent is None:
+        found = mine.lookup_torrent(minion, tag, nonce)
+        return found["data"], found["info"]
+    torrent = str(torrent)
+    if torrent.startswith("salt://"):
+        torrent = minion.cache_file(torrent)
+    if not os.path.isfile(torrent):
+        raise LssdError(f"torrent {torrent!r} is not a file")
+    with open(torrent, "rb") as fh:
+        data = fh.read()
+    return data, metainfo.read_torrent(data)
+
+
+def lookup(minion, tag, torrent=None, nonce=None, missing_ok=False):
+    """What a peer would download for ``tag``: info-hash, SHA-256, size, seeder, nonce."""
+    tag = validate_tag(tag)
+    entry = {}
+    try:
+        if torrent is None:
+            found = mine.lookup_torrent(minion, tag, nonce)
+            info, entry = found["info"], found["entry"]
+        else:
+            info = get_torrent(minion, tag, torrent, nonce)[1]
+    except NotPublished as exc:
+        if not missing_ok:
+            raise
+        return {"tag": tag, "published": False, "comment": str(exc)}
+    return {
+        "tag": tag,
+        "published": True,
+        "infohash": info["infohash"],
+        "sha256": info["lssd"].get("sha256"),
+        "size": info["size"],
+        "seeder": entry.get("seeder"),
+        "nonce": entry.get("nonce"),
+    }
+
+
+def install_options(minion, no_tag_directory=None, unsafe_please_delete=None, owner=None, group=None, mode=None):
+    """The install options of a peer: arguments over pillar over defaults, each checked."""
+    return {
+        "no_tag_directory": minion.setting("no_tag_directory", no_tag_directory),
+        "unsafe_please_delete": minion.setting("unsafe_please_delete", unsafe_please_delete),
+        "owner": minion.setting("destination_owner", owner),
+        "group": minion.setting("destination_group", group),
+        "mode": minion.setting("destination_mode", mode),
+    }
+
+
+class _TagLock:
+    """An exclusive lock per tag on this minion, held while the tag is deployed."""
+
+    def __init__(self, layout, tag):
+        self.path = os.path.join(ensure_dir(layout.locks), f"peer-{tag}.lock")
+
+    def __enter__(self):
+        self._fh = open(self.path, "a")
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+
+
+def peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger=None, nonce=None, **options):
+    """Download ``tag`` through the swarm, verify and install it; returns the summary."""
+    tag = validate_tag(tag)
+    destination_path = minion.setting("destination_path", destination_path)
+    timeout = minion.setting("timeout", timeout)
+    linger = minion.setting("linger", linger)
+    options = install_options(minion, **options)
+    lt_settings = minion.setting("libtorrent_settings")
+    with _TagLock(minion.layout, tag):
+        done = inventory.installed(minion, tag)
+        if not (done and done.get("target") == _target(destination_path, tag, options)):
+            done = None
+            # Refuse what install would refuse before a single byte moves.
+            install.check(destination_path, tag, **options)
+        data, info = get_torrent(minion, tag, torrent, nonce)
+        meta = _check_torrent(tag, info)
+        if done and done.get("sha256") == meta["sha256"]:
+            # Another job installed this build while we waited for the lock.
+            return dict(done, changed=False, comment=f"{tag} is already installed in {done['target']}")
+        install.check(destination_path, tag, **options)
+        run_dir, archive = _start_download(minion, tag, data, info, linger, timeout, lt_settings)
+        state = wait_for_download(minion, tag, run_dir, archive, timeout)
+        try:
+            installed = install.install(
+                archive, destination_path, tag, compression=meta.get("compression"),
+                path_is_file=bool(meta.get("path_is_file")), file_name=meta.get("file_name"),
+                sha256=meta["sha256"], **options,
+            )
+        except Exception:
+            procs.stop(run_dir)
+            _remove(archive)
+            raise
+    summary = _summary(tag, info, meta, state, installed, linger)
+    inventory.record(minion, tag, summary)
+    minion.fire(f"lssd/peer/{tag}/complete", summary)
+    return dict(summary, changed=True, comment=f"deployed {tag} in {summary['target']}")
+
+
+def _target(destination_path, tag, options):
+    return os.path.normpath(destination_path if options["no_tag_directory"] else os.path.join(destination_path, tag))
+
+
+def _check_torrent(tag, info):
+    meta = info["lssd"]
+    if meta.get("tag") and meta["tag"] != tag:
+        raise LssdError(f"torrent is for tag {meta['tag']!r}, not {tag!r}")
+    if not meta.get("sha256"):
+        raise LssdError("torrent carries no archive SHA-256 (not made by lssd.create_torrent)")
+    return meta
+
+
+def _start_download(minion, tag, data, info, linger, timeout, lt_settings):
+    """Start (or rejoin) the detached download of ``info``; returns (run_dir, archive)."""
+    layout = minion.layout
+    run_dir = layout.run_dir("peer", tag)
+    archive = os.path.join(ensure_dir(layout.downloads), info["name"])
+    current = procs.state(run_dir)
+    if current["running"] and procs.read_config(run_dir).get("infohash") != info["infohash"]:
+        procs.stop(run_dir)
+        current = procs.state(run_dir)
+    if not current["running"]:
+        write_atomic(layout.torrent(tag), data)
+        config = {
+            "torrent": layout.torrent(tag),
+            "save_path": layout.downloads,
+            "tag": tag,
+            "infohash": info["infohash"],
+            "linger": linger,
+            "timeout": timeout,
+            "listen": minion.setting("listen"),
+            "settings": lt_settings,
+        }
+        procs.spawn("peer", run_dir, config)
+    return run_dir, archive
+
+
+def _summary(tag, info, meta, state, installed, linger):
+    seconds = state.get("seconds") or round(time.time() - state.get("started", time.time()), 3)
+    return {
+        "tag": tag,
+        "target": installed["target"],
+        "sha256": meta["sha256"],
+        "infohash": info["infohash"],
+        "bytes": info["size"],
+        "seconds": seconds,
+        "rate": round(info["size"] / seconds) if seconds else None,
+        "from_seeder": state.get("from_seeder", 0),
+        "from_peers": state.get("from_peers", 0),
+        "files": installed.get("files"),
+        "replaced": installed.get("replaced", False),
+        "lingering": linger,
+    }
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _failed(tag, state, status):
+    return LssdError(f"download of {tag} failed: {state.get('error') or status}")
+
+
+def _timed_out(tag, state, timeout):
+    return LssdError(
+        f"download of {tag} did not complete within {timeout:g}s "
+        f"(at {state.get('progress', 0)}%, {state.get('peers', 0)} peers"
+        + (f", tracker: {state['tracker_error']}" if state.get("tracker_error") else "")
+        + "); the partial archive was removed"
+    )
+
+
+def wait_for_download(minion, tag, run_dir, archive, timeout):
+    """Poll the peer process until it completes; a progress event every progress_interval s."""
+    progress_interval = minion.setting("progress_interval")
+    deadline = time.monotonic() + number(timeout, "timeout", 1)
+    next_event = 0.0 if progress_interval > 0 else float("inf")
+    while True:
+        state = procs.state(run_dir)
+        status = state.get("status")
+        if status in ("lingering", "done"):
+            return state
+        now = time.monotonic()
+        failed = status == "failed" or (not state["running"] and status not in (None, "starting"))
+        if failed or now >= deadline:
+            procs.stop(run_dir)
+            _remove(archive)
+            raise _failed(tag, state, status) if failed else _timed_out(tag, state, timeout)
+        if now >= next_event and status == "downloading":
+            minion.fire(f"lssd/peer/{tag}/progress", {k: state.get(k) for k in _SUMMARY_KEYS})
+            next_event = now + progress_interval
+        # Every waiting job polls; Salt's processes share the cores with the swarm on small
+        # hosts. Once a second until the end is near, then 5 Hz so completion is seen
+        # promptly (the process reports it the moment it happens).
+        time.sleep(0.2 if (state.get("progress") or 0) >= 90 else 1.0)

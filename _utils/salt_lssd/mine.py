@@ -1,0 +1,97 @@
+"""The Salt mine as lssd's authenticated channel: torrents and the tracker address.
+
+A seeder publishes each tag's .torrent as ``lssd_torrent_<tag>`` with the nonce of its
+seeding run; the tracker minion publishes its announce URL as ``lssd_tracker``. Publishing
+waits until the master holds the new entry (``mine.send`` returns before it does), so a peer
+started afterwards never reads the previous one. Entries are checked on the way out: one
+build per tag, and the torrent must match the info-hash and SHA-256 published beside it.
+"""
+
+import base64
+import time
+
+from salt_lssd import LssdError, NotPublished
+from salt_lssd import torrent as metainfo
+
+TORRENT_PREFIX = "lssd_torrent_"
+TRACKER = "lssd_tracker"
+
+
+def torrent_alias(tag):
+    return TORRENT_PREFIX + tag
+
+
+def publish(minion, alias, mine_function, matches, timeout, **kwargs):
+    """``mine.send``, then wait until the master holds an entry for which ``matches(entry)``."""
+    minion.mine_send(alias, mine_function, **kwargs)
+    deadline = time.monotonic() + timeout
+    while True:
+        entry = minion.mine_get(minion.id, alias, "glob").get(minion.id)
+        if isinstance(entry, dict) and matches(entry):
+            return entry
+        if time.monotonic() >= deadline:
+            raise LssdError(f"the master did not store mine entry {alias} within {timeout:g}s")
+        time.sleep(0.5)
+
+
+def torrent_entry(minion, tag, data, meta, nonce):
+    """What a seeder publishes for ``tag``: the .torrent (base64) and what checks it."""
+    return {
+        "tag": tag,
+        "torrent": base64.b64encode(data).decode("ascii"),
+        "infohash": meta["infohash"],
+        "sha256": meta["sha256"],
+        "size": meta["size"],
+        "nonce": nonce,
+        "seeder": minion.id,
+        "published": time.time(),
+    }
+
+
+def lookup_torrent(minion, tag, nonce=None):
+    """The current entry for ``tag`` (one build, decoded and checked): ``data``, ``info``,
+    ``entry``. NotPublished when no seeder publishes it (with ``nonce``, if given)."""
+    alias = torrent_alias(tag)
+    published = minion.mine_get(_optional_target(minion, "targets:seeder"), alias)
+    entries = {
+        who: entry
+        for who, entry in published.items()
+        if isinstance(entry, dict) and entry.get("torrent") and (nonce is None or entry.get("nonce") == nonce)
+    }
+    if not entries:
+        raise NotPublished(
+            f"no seeder publishes tag {tag!r} in the mine (alias {alias})"
+            + (f" with nonce {nonce}" if nonce else "")
+            + ": run lssd.seed_start on the seeder first"
+        )
+    if len({entry["sha256"] for entry in entries.values()}) > 1:
+        raise LssdError(f"seeders {sorted(entries)} publish different builds for tag {tag!r}; stop all but one")
+    who, entry = sorted(entries.items(), key=lambda kv: kv[1].get("published", 0))[-1]
+    data = base64.b64decode(entry["torrent"])
+    info = metainfo.read_torrent(data)
+    if info["infohash"] != entry["infohash"] or info["lssd"].get("sha256") != entry["sha256"]:
+        raise LssdError(f"mine entry for tag {tag!r} from {who} does not match its own torrent")
+    return {"data": data, "info": info, "entry": entry}
+
+
+def _optional_target(minion, name):
+    """Pillar ``lssd:<name>`` when this minion has it, else every minion: a peer's own
+    pillar need not name the seeder or the tracker."""
+    try:
+        return minion.setting(name)
+    except LssdError:
+        return "*"
+
+
+def tracker_url(minion):
+    """The one announce URL the tracker minions published; LssdError for none or several."""
+    published = minion.mine_get(_optional_target(minion, "targets:tracker"), TRACKER)
+    urls = sorted({v["url"] for v in published.values() if isinstance(v, dict) and v.get("url")})
+    if len(urls) == 1:
+        return urls[0]
+    if not urls:
+        raise LssdError(
+            "no tracker address: set pillar lssd:tracker:host, pass tracker=, or start "
+            "the tracker first (lssd.tracker_start publishes it to the mine)"
+        )
+    raise LssdError(f"several trackers are published in the mine ({', '.join(urls)}); pass tracker=")

@@ -1,0 +1,68 @@
+"""What the control-plane workflows need of Salt on one minion, as one small object.
+
+The loader modules build a :class:`Minion` from ``__opts__``, ``__salt__`` and ``__grains__``
+and pass it to the workflows (``seeder``, ``deploy``, ``tracker_role``, ``inventory``,
+``mine``), which therefore run, and are tested, without a loader: a test hands them a
+``Minion`` over plain functions.
+"""
+
+import logging
+import os
+
+from salt_lssd import LssdError
+from salt_lssd.common import Layout
+from salt_lssd.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Minion:
+    """One minion's id, settings, state directory and the few Salt functions lssd calls.
+
+    ``salt`` is a mapping of Salt function names to callables (``__salt__``); the ones used
+    are ``config.get``, ``mine.send``, ``mine.get``, ``mine.delete``, ``event.send`` and
+    ``cp.cache_file``.
+    """
+
+    def __init__(self, opts, salt, grains=None):
+        self.id = opts["id"]
+        self.cachedir = opts["cachedir"]
+        self.grains = grains or {}
+        self._salt = salt
+        self.settings = Settings(lambda key: salt["config.get"](key))
+
+    def setting(self, name, value=None):
+        return self.settings.get(name, value)
+
+    @property
+    def layout(self):
+        return Layout(self.setting("state_dir") or os.path.join(self.cachedir, "lssd"))
+
+    def fire(self, tag, data):
+        """Send an event to the master; progress is a courtesy, so a failure is only logged."""
+        try:
+            self._salt["event.send"](tag, data)
+        except Exception as exc:  # pylint: disable=broad-except
+            log.debug("lssd: could not send event %s: %s", tag, exc)
+
+    def mine_get(self, tgt, alias, tgt_type="compound"):
+        try:
+            return self._salt["mine.get"](tgt, alias, tgt_type=tgt_type) or {}
+        except Exception as exc:  # pylint: disable=broad-except
+            raise LssdError(f"could not read mine alias {alias!r}: {exc}") from None
+
+    def mine_send(self, alias, mine_function, **kwargs):
+        return self._salt["mine.send"](alias, mine_function=mine_function, **kwargs)
+
+    def mine_delete(self, alias):
+        """Withdraw a mine entry; a master that is away only costs a warning."""
+        try:
+            self._salt["mine.delete"](alias)
+        except Exception as exc:  # pylint: disable=broad-except
+            log.warning("lssd: could not withdraw %s from the mine: %s", alias, exc)
+
+    def cache_file(self, url):
+        cached = self._salt["cp.cache_file"](url)
+        if not cached:
+            raise LssdError(f"{url} could not be fetched from the master")
+        return cached

@@ -1,0 +1,207 @@
+"""What each ``lssd`` state would change, decided before anything changes.
+
+A plan is ``{"comment", "changes", "steps"}``: with no steps the state is already as
+declared (``comment`` says so); otherwise ``changes`` and ``comment`` say what would happen
+(the test=True answer), and each step names the ``lssd`` execution function that does one
+part of it, its arguments, and the key of ``changes`` it fills. The states apply the steps in
+order and report the changes of the steps that ran, also when a later one fails. The checks
+a real run makes before moving a byte are made here too, so test=True reports what would fail.
+"""
+
+from salt_lssd import LssdError, deploy, install, inventory, procs, seeder
+from salt_lssd.common import validate_tag
+from salt_lssd.settings import number
+
+DEPLOYED_FIELDS = ("target", "sha256", "bytes", "seconds", "rate", "from_seeder", "from_peers")
+
+
+def _plan(comment, steps=(), changes=None):
+    return {"comment": comment, "steps": list(steps), "changes": changes or {}}
+
+
+def _step(call, key, changes=None, fields=None, field=None, nest=None, extra=None, **kwargs):
+    """One call of a plan. Once it ran, ``changes[key]`` is ``changes`` updated with the
+    ``fields`` of its result (under ``nest`` if given), or its result's ``field``; ``extra``
+    changes are reported beside it."""
+    return {"call": call, "kwargs": kwargs, "key": key, "changes": changes or {}, "fields": fields,
+            "field": field, "nest": nest, "extra": extra or {}}
+
+
+def _running(minion, role, tag=None):
+    return {
+        each: procs.state(run_dir)
+        for (_, each), run_dir in minion.layout.run_dirs(role, tag).items()
+        if procs.state(run_dir)["running"]
+    }
+
+
+def tracker_running(minion, name, port=None, bind=None, interval=None):
+    bind = minion.setting("tracker:bind", bind)
+    # A running tracker is accepted on any port or interval the state does not name.
+    asked = {"bind": bind, "port": port if port is None else minion.setting("tracker:port", port),
+             "interval": interval if interval is None else int(number(interval, "interval", 1))}
+    current = _running(minion, "tracker").get(None)
+    old = None
+    if current:
+        old = {k: current.get(k) for k in ("pid", "bind", "port", "interval")}
+        if all(v is None or current.get(k) == v for k, v in asked.items()):
+            return _plan(f"The tracker is already running on {current.get('bind')}:{current.get('port')}")
+    port = asked["port"] or minion.setting("tracker:port")
+    changes = {"tracker": {"old": old, "new": dict(asked, port=port)}}
+    steps = [_step("tracker_stop", None)] if current else []
+    steps.append(_step("tracker_start", "tracker", changes["tracker"], fields=("pid", "bind", "port", "interval"),
+                       nest="new", port=port, bind=bind, interval=interval))
+    verb = "restart" if current else "start"
+    return _plan(f"The tracker would {verb} on {bind}:{port}", steps, changes)
+
+
+def tracker_stopped(minion, name):
+    current = _running(minion, "tracker").get(None)
+    if not current:
+        return _plan("The tracker is already stopped")
+    changes = {"tracker": {"old": {k: current.get(k) for k in ("pid", "bind", "port")}, "new": None}}
+    return _plan(f"The tracker (pid {current.get('pid')}) would be stopped", [_step("tracker_stop", "tracker", changes["tracker"])],
+                 changes)
+
+
+def seeding(minion, name, files_path=None, tracker=None, compression=None, exclude=None, path_is_file=None,
+            rebuild=None):
+    tag = validate_tag(name)
+    made = seeder.torrent_info(minion, tag)
+    build = minion.setting("rebuild", rebuild) or made is None
+    if not build and made["seeding"]:
+        return _plan(f"{tag} is already being seeded (infohash {made['infohash']})")
+    steps, changes = [], {}
+    if build:
+        files_path = minion.setting("seeder_files_path", files_path)
+        changes["built"] = {"tag": tag, "files_path": files_path}
+        steps.append(_step("create_torrent", "built", fields=("infohash", "sha256", "size"),
+                           tag=tag, files_path=files_path, tracker=tracker, compression=compression,
+                           exclude=exclude, path_is_file=path_is_file))
+    changes["seeding"] = {"old": False, "new": True}
+    steps.append(_step("seed_start", "seeding", changes["seeding"], fields=("pid", "infohash", "nonce"), tag=tag))
+    return _plan((f"{tag} would be packed and " if build else f"{tag} would be ") + "seeded", steps, changes)
+
+
+def seeding_stopped(minion, name):
+    tag = None if name == "all" else validate_tag(name)
+    running = sorted(_running(minion, "seeder", tag))
+    if not running:
+        return _plan("No tag is being seeded" if tag is None else f"{tag} is already not being seeded")
+    changes = {"stopped": running}
+    return _plan(f"Seeding would stop for {', '.join(running)}", [_step("seed_stop", "stopped", running, tag=tag)],
+                 changes)
+
+
+def peer_stopped(minion, name):
+    tag = None if name == "all" else validate_tag(name)
+    running = sorted(_running(minion, "peer", tag))
+    if not running:
+        return _plan("No lssd peer is running" if tag is None else f"No peer of {tag} is running")
+    changes = {"stopped": running}
+    return _plan(f"Peers would stop for {', '.join(running)}", [_step("peer_stop", "stopped", running, tag=tag)],
+                 changes)
+
+
+def archive_absent(minion, name):
+    tag = validate_tag(name)
+    found = inventory.rm_tgz(minion, tag, test=True)
+    if not found["changed"]:
+        return _plan(f"No archive or torrent of {tag} is left")
+    changes = {"removed": found["removed"]}
+    return _plan(found["comment"], [_step("rm_tgz", "removed", found["removed"], field="removed", tag=tag)], changes)
+
+
+def absent(minion, name, destination_path=None, force=False):
+    tag = validate_tag(name)
+    found = inventory.uninstall(minion, tag, destination_path=destination_path, force=force, test=True)
+    if not found["changed"]:
+        return _plan(f"{tag} is already absent")
+    changes = {"removed": {k: found[k] for k in ("target", "links", "files", "record") if found[k]}}
+    where = f" from {found['target']}" if found["target"] else ""
+    step = _step("uninstall", "removed", changes["removed"], fields=("target", "links", "files", "record"),
+                 tag=tag, destination_path=destination_path, force=force)
+    return _plan(f"{tag} would be removed{where}", [step], changes)
+
+
+def deployed(minion, name, torrent=None, force=False, current=None, keep=None, test=False, **peer_args):
+    """``peer_args``: destination_path, timeout, linger, no_tag_directory,
+    unsafe_please_delete, owner, group, mode (as ``deploy.peer`` takes them)."""
+    tag = validate_tag(name)
+    where = inventory.target(minion, tag, peer_args.get("destination_path"), peer_args.get("no_tag_directory"))
+    link, keep = minion.setting("current", current), minion.setting("keep", keep)
+    if where["no_tag_directory"] and (link or keep):
+        raise LssdError("current and keep need one directory per tag; they cannot be used with no_tag_directory")
+    peer_args.update(destination_path=where["destination_path"], no_tag_directory=where["no_tag_directory"])
+    # Refuses a non-symlink in the way of the link before a single byte moves.
+    switched = link and inventory.switch_current(minion, tag, where["destination_path"], link=link, test=True)
+    steps, changes, comments = _deploy_steps(minion, tag, where, torrent, force, test, peer_args)
+    if link:
+        if switched["changed"]:
+            changes["current"] = {"old": switched["old"], "new": tag}
+            comments.append(switched["comment"])
+            steps.append(_step("switch_current", "current", changes["current"], tag=tag,
+                               destination_path=where["destination_path"], link=link))
+    if keep:
+        pruned = inventory.prune(minion, keep, where["destination_path"], newest=tag, link=link, test=True)
+        if pruned["changed"]:
+            changes["removed"] = pruned["remove"]
+            comments.append(pruned["comment"])
+            steps.append(_step("prune", "removed", changes["removed"], field="remove", keep=keep,
+                               destination_path=where["destination_path"], newest=tag))
+    if not steps:
+        return _plan(comments[0] if comments else f"{tag} is already deployed")
+    return _plan("; ".join(comments), steps, changes)
+
+
+def _deploy_steps(minion, tag, where, torrent, force, test, peer_args):
+    """The download part of ``deployed``: (steps, changes, comments)."""
+    record = inventory.installed(minion, tag)
+    if record and record.get("target") != where["target"]:
+        record = None  # installed elsewhere: this destination does not hold it
+    wanted = deploy.lookup(minion, tag, torrent=torrent, missing_ok=True)
+    if not wanted["published"]:
+        if record:
+            return [], {}, [f"{tag} is already deployed (no seeder publishes it now; the installed build stands)"]
+        if not test:
+            raise LssdError(wanted["comment"])
+        changes = {"deployed": {"target": where["target"], "sha256": None, "bytes": None}}
+        comment = f"would download {tag} to {where['target']} once a seeder publishes it ({wanted['comment']})"
+        return [_step("peer", "deployed", changes["deployed"])], changes, [comment]
+    if record and wanted["sha256"] == record.get("sha256"):
+        return [], {}, []
+    changes = {"deployed": {"target": where["target"], "sha256": wanted["sha256"], "bytes": wanted["size"]}}
+    steps = []
+    if record:
+        if not force:
+            raise LssdError(
+                f"{tag} is installed in {where['target']} with SHA-256 {record.get('sha256')}, but the "
+                f"published build of {tag} has SHA-256 {wanted['sha256']}; set force: True to "
+                "replace it (or deploy the new build under a new tag)"
+            )
+        changes["sha256"] = {"old": record.get("sha256"), "new": wanted["sha256"]}
+        # The old build's archive has the new one's name: drop it rather than resume it.
+        steps += [_step("peer_stop", None, tag=tag), _step("rm_tgz", None, tag=tag)]
+        peer_args["unsafe_please_delete"] = True
+        comment = f"would replace {tag} in {where['target']} (force): download {wanted['size']} bytes"
+    else:
+        options = {k: peer_args.get(k) for k in ("no_tag_directory", "unsafe_please_delete", "owner", "group", "mode")}
+        install.check(where["destination_path"], tag, **deploy.install_options(minion, **options))
+        comment = f"would download {tag} ({wanted['size']} bytes) to {where['target']}"
+    extra = {"sha256": changes["sha256"]} if "sha256" in changes else None
+    steps.append(_step("peer", "deployed", changes["deployed"], fields=DEPLOYED_FIELDS, extra=extra, tag=tag,
+                       torrent=torrent, **peer_args))
+    return steps, changes, [comment]
+
+
+def plan(minion, state, name, test=False, **kwargs):
+    """The plan of the state ``state`` for ``name`` (see the module docstring)."""
+    if state not in STATES:
+        raise LssdError(f"state {state!r} is unknown; allowed: {', '.join(STATES)}")
+    if state == "deployed":
+        kwargs["test"] = test
+    return globals()[state](minion, name, **kwargs)
+
+
+STATES = ("tracker_running", "tracker_stopped", "seeding", "seeding_stopped", "deployed", "absent",
+          "peer_stopped", "archive_absent")

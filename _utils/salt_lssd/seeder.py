@@ -1,0 +1,144 @@
+"""The seeder role on a minion: pack a build, make its torrent, seed it, publish it.
+
+``create_torrent`` packs ``seeder_files_path`` into one archive per tag (``pack``) and makes
+the private .torrent naming our tracker (``torrent``); ``seed_start`` runs the detached
+libtorrent seeder (``swarm``) and publishes the torrent to the mine with a fresh nonce,
+returning once the master holds it; ``seed_stop`` stops it and withdraws the entry.
+"""
+
+import os
+import time
+import uuid
+
+from salt_lssd import LssdError, mine, pack, procs
+from salt_lssd import torrent as metainfo
+from salt_lssd.common import read_json, validate_tag, write_json_atomic
+from salt_lssd.settings import number
+
+
+def tracker_url(minion, tracker=None):
+    """The announce URL: ``tracker`` (a URL or host[:port]), pillar lssd:tracker, or the mine."""
+    if tracker is None:
+        host = minion.setting("tracker:host")
+        if host:
+            return metainfo.announce_url(host, minion.setting("tracker:port"))
+        return mine.tracker_url(minion)
+    tracker = str(tracker)
+    if "://" in tracker:
+        return metainfo.check_announce_url(tracker)
+    host, _, port = tracker.rpartition(":") if tracker.count(":") == 1 else (tracker, "", "")
+    return metainfo.announce_url(host or tracker, port or minion.setting("tracker:port"))
+
+
+def create_torrent(minion, tag, files_path=None, tracker=None, compression=None, exclude=None, path_is_file=None):
+    """Pack the build of ``tag`` and make its torrent; returns what the torrent record keeps."""
+    tag = validate_tag(tag)
+    files_path = minion.setting("seeder_files_path", files_path)
+    path_is_file = minion.setting("path_is_file", path_is_file)
+    compression = minion.setting("compression", compression)
+    exclude = minion.setting("exclude", exclude)
+    url = tracker_url(minion, tracker)
+    layout = minion.layout
+    started = time.time()
+    packed = pack.pack(
+        files_path, layout.archives, tag, compression=compression, exclude=exclude, path_is_file=path_is_file
+    )
+    packed_at = time.time()
+    lssd_meta = {
+        "tag": tag,
+        "sha256": packed["sha256"],
+        "compression": packed["compression"],
+        "path_is_file": int(path_is_file),
+    }
+    if path_is_file:
+        lssd_meta["file_name"] = os.path.basename(os.path.normpath(files_path))
+    made = metainfo.make_torrent(packed["archive"], layout.torrent(tag), url, lssd=lssd_meta)
+    result = dict(packed, **made)
+    result.update(
+        tag=tag,
+        tracker=url,
+        pack_seconds=round(packed_at - started, 3),
+        hash_seconds=round(time.time() - packed_at, 3),
+    )
+    write_json_atomic(layout.torrent_meta(tag), result)
+    minion.fire(f"lssd/seeder/{tag}/torrent", {k: result[k] for k in ("tag", "infohash", "sha256", "size")})
+    return result
+
+
+def local_torrent(minion, tag):
+    """What create_torrent recorded for ``tag`` here; LssdError if its files are gone."""
+    layout = minion.layout
+    meta = read_json(layout.torrent_meta(tag))
+    if not meta or not os.path.isfile(layout.torrent(tag)) or not os.path.isfile(meta.get("archive", "")):
+        raise LssdError(f"no torrent for tag {tag!r} on this minion: run lssd.create_torrent {tag} first")
+    return meta
+
+
+def _seeding(minion, tag, infohash):
+    run_dir = minion.layout.run_dir("seeder", tag)
+    return procs.state(run_dir)["running"] and procs.read_config(run_dir).get("infohash") == infohash
+
+
+def torrent_info(minion, tag):
+    """The torrent made here for ``tag`` plus ``seeding``; None if there is none."""
+    tag = validate_tag(tag)
+    try:
+        meta = local_torrent(minion, tag)
+    except LssdError:
+        return None
+    return dict(meta, seeding=_seeding(minion, tag, meta["infohash"]))
+
+
+def published(minion, tag):
+    """The mine entry for ``tag`` while a seeder runs for it here, else None."""
+    tag = validate_tag(tag)
+    layout = minion.layout
+    meta = read_json(layout.torrent_meta(tag)) or {}
+    run_dir = layout.run_dir("seeder", tag)
+    if not meta or not procs.state(run_dir)["running"]:
+        return None
+    with open(layout.torrent(tag), "rb") as fh:
+        data = fh.read()
+    return mine.torrent_entry(minion, tag, data, meta, procs.read_config(run_dir).get("nonce"))
+
+
+def seed_start(minion, tag, publish=True, publish_timeout=60):
+    """Seed ``tag`` from a detached process (a no-op if this build is seeded already)."""
+    tag = validate_tag(tag)
+    lt_settings = minion.setting("libtorrent_settings")
+    layout = minion.layout
+    meta = local_torrent(minion, tag)
+    run_dir = layout.run_dir("seeder", tag)
+    current = procs.state(run_dir)
+    if current["running"] and _seeding(minion, tag, meta["infohash"]):
+        return dict(current, changed=False, comment=f"already seeding {tag} (pid {current.get('pid')})")
+    procs.stop(run_dir)  # an older build under the same tag, if any
+    config = {
+        "torrent": layout.torrent(tag),
+        "save_path": os.path.dirname(meta["archive"]),
+        "tag": tag,
+        "infohash": meta["infohash"],
+        "nonce": uuid.uuid4().hex,
+        "listen": minion.setting("listen"),
+        "settings": lt_settings,
+    }
+    started = procs.spawn("seeder", run_dir, config)
+    started.update(changed=True, tag=tag, infohash=meta["infohash"], nonce=config["nonce"], comment=f"seeding {tag}")
+    if publish:
+        mine.publish(
+            minion,
+            mine.torrent_alias(tag),
+            "lssd.published",
+            lambda entry: entry.get("nonce") == config["nonce"],
+            number(publish_timeout, "publish_timeout"),
+            tag=tag,
+        )
+    return started
+
+
+def seed_stop(minion, tag=None):
+    """Stop seeding ``tag`` (every tag for None) and withdraw it from the mine."""
+    run_dirs = minion.layout.run_dirs("seeder", tag)
+    for _, each in run_dirs:
+        minion.mine_delete(mine.torrent_alias(each))
+    return procs.stop_each("seeder", run_dirs, tag)

@@ -1,0 +1,206 @@
+"""Every lssd setting in one table: its default and the one check its values go through.
+
+Values come from pillar (or the minion config) under ``lssd:``; a function argument given
+explicitly wins over them. The execution module, the states and the detached processes all
+read settings through :class:`Settings`, so a default or a rule is written once, here; the
+SLS defaults (``salt/lssd/defaults.yaml``) and ``pillar.example`` are tested against this
+table. Required settings have no default: a run without them fails naming the key.
+"""
+
+import os
+
+from salt_lssd import LssdError, install, pack, releases
+from salt_lssd.common import validate_tag
+
+REQUIRED = object()
+
+
+def _bool(value, name):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise LssdError(f"{name} {value!r} is not a boolean; allowed: true or false")
+
+
+def number(value, name, minimum=0):
+    """``value`` as a float of at least ``minimum``, else LssdError naming ``name``."""
+    if isinstance(value, bool):
+        raise LssdError(f"{name} {value!r} is not a number")
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise LssdError(f"{name} {value!r} is not a number") from None
+    if result < minimum:
+        raise LssdError(f"{name} {value!r} is below the minimum of {minimum:g}")
+    return result
+
+
+def _seconds(minimum):
+    return lambda value, name: number(value, name, minimum)
+
+
+def _port(value, name):
+    if isinstance(value, bool) or not str(value).strip().isdigit() or not 0 < int(str(value).strip()) < 65536:
+        raise LssdError(f"{name} {value!r} is not a TCP port; allowed: 1-65535")
+    return int(str(value).strip())
+
+
+def _text(value, name):
+    if not isinstance(value, str) or not value.strip():
+        raise LssdError(f"{name} {value!r} must be a non-empty string")
+    return value
+
+
+def _absolute(value, name):
+    value = _text(value, name)
+    if not os.path.isabs(value):
+        raise LssdError(f"{name} {value!r} must be an absolute path")
+    return os.path.normpath(value)
+
+
+def _optional(check):
+    return lambda value, name: None if value in (None, "") else check(value, name)
+
+
+def _tag(value, name):
+    if isinstance(value, float):
+        raise LssdError(
+            f"{name} {value!r} is a number: YAML reads an unquoted tag such as 1.10 as the number "
+            f"{value!r}; quote it (tag: '1.10')"
+        )
+    return validate_tag(value)
+
+
+def _tracker_host(value, name):
+    value = _text(value, name)
+    if value.count(":") == 1 and "[" not in value:
+        raise LssdError(
+            f"{name} {value!r} holds a port; give the host alone and the port as lssd:tracker:port"
+        )
+    if "/" in value:
+        raise LssdError(f"{name} {value!r} must be a host name or address, not a URL")
+    return value
+
+
+def _exclude(value, name):
+    return pack.check_exclude(value, name)
+
+
+def _compression(value, name):
+    return pack.check_compression(value)
+
+
+def _owner(value, name):
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise LssdError(f"{name} {value!r} must be a user or group name or a numeric id")
+    return value
+
+
+def _mode(value, name):
+    install.parse_mode(value)
+    return value
+
+
+def _current(value, name):
+    if value is None or value is False:
+        return None
+    if value is True:
+        return releases.DEFAULT_LINK
+    return releases.check_link_name(value)
+
+
+def _keep(value, name):
+    return releases.check_keep(value)
+
+
+def _listen(value, name):
+    value = _text(value, name)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise LssdError(f"{name} {value!r} must be '<address>:<port>' such as '0.0.0.0:6881' (port 0: any)")
+    return value
+
+
+def _libtorrent(value, name):
+    from salt_lssd import swarm
+
+    return swarm.check_overrides(value, name)
+
+
+def _rollout(value, name):
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise LssdError(f"{name} {value!r} must be a count, a percentage such as '25%' or a target")
+    return value
+
+
+# name: (default, check). Nested pillar keys are written with ':' as in config.get.
+TABLE = {
+    "tag": (REQUIRED, _tag),
+    "app": (None, _optional(validate_tag)),
+    "seeder_files_path": (REQUIRED, _absolute),
+    "path_is_file": (False, _bool),
+    "exclude": (pack.DEFAULT_EXCLUDE, _exclude),
+    "compression": (pack.DEFAULT_COMPRESSION, _compression),
+    "rebuild": (False, _bool),
+    "destination_path": (REQUIRED, _absolute),
+    "destination_owner": ("root", _optional(_owner)),
+    "destination_group": ("root", _optional(_owner)),
+    "destination_mode": ("0755", _optional(_mode)),
+    "no_tag_directory": (False, _bool),
+    "unsafe_please_delete": (False, _bool),
+    "force": (False, _bool),
+    "linger": (30, _seconds(0)),
+    "progress_interval": (5, _seconds(0)),
+    "timeout": (3600, _seconds(1)),
+    "job_timeout": (600, _seconds(1)),
+    "current": (False, _current),
+    "keep": (None, _optional(_keep)),
+    "state_dir": (None, _optional(_absolute)),
+    "listen": ("0.0.0.0:0", _listen),
+    "libtorrent_settings": ({}, _libtorrent),
+    "tracker:port": (8998, _port),
+    "tracker:host": (None, _optional(_tracker_host)),
+    "tracker:bind": ("0.0.0.0", _text),
+    "targets:tracker": (REQUIRED, _text),
+    "targets:seeder": (REQUIRED, _text),
+    "targets:peer": (REQUIRED, _text),
+    "batch": (None, _optional(_rollout)),
+    "canary": (None, _optional(_rollout)),
+}
+
+
+def default(name):
+    """The default of ``name`` (``REQUIRED`` when there is none)."""
+    return TABLE[name][0]
+
+
+def check(name, value, label=None):
+    """``value`` of setting ``name`` after its one check; LssdError names ``label`` (or the key)."""
+    return TABLE[name][1](value, label or f"lssd:{name}")
+
+
+class Settings:
+    """Reads settings through ``lookup(key)`` (Salt's ``config.get``: minion config, then pillar).
+
+    ``get(name, value)``: an explicit ``value`` (not None) wins and is checked under the
+    argument's name; else the configured value, checked under ``lssd:<name>``; else the
+    default. A required setting with no value raises LssdError naming the key.
+    """
+
+    def __init__(self, lookup):
+        self._lookup = lookup
+
+    def get(self, name, value=None):
+        if value is not None:
+            return check(name, value, name.replace(":", "_") if ":" in name else name)
+        configured = self._lookup(f"lssd:{name}")
+        if configured is not None and configured != "":
+            return check(name, configured)
+        fallback = default(name)
+        if fallback is REQUIRED:
+            argument = name.rpartition(":")[2]
+            raise LssdError(f"lssd:{name} is not set: set it in pillar (or pass {argument}=)")
+        return check(name, fallback) if fallback is not None else None
