@@ -30,12 +30,12 @@ class Peer:
                  "slot", "v6")
 
     def __init__(self, key, peer_id, ip, port):
+        packed, self.ip = ip  # the address as 4 or 16 bytes, and as text
         self.key = key
         self.peer_id = peer_id
-        self.ip = str(ip)
         self.port = port
-        self.v6 = ip.version == 6
-        self.compact = ip.packed + port.to_bytes(2, "big")  # BEP 23 / BEP 7 entry
+        self.v6 = len(packed) == 16
+        self.compact = packed + port.to_bytes(2, "big")  # BEP 23 / BEP 7 entry
         self.seeder = False
         self.expires = 0.0
         self.completed = False
@@ -120,26 +120,36 @@ class Swarm:
         return gone
 
     def sample(self, count, for_seeder, key, peer_id):
-        """Up to ``count`` random peers, never the requester; a seeder gets leechers only."""
+        """Up to ``count`` peers from a random place in the swarm, never the requester; a
+        seeder gets leechers only.
+
+        A window of consecutive peers at a random offset (wrapping around), not ``count``
+        independent draws: each peer is as likely to be chosen, and list slicing runs in C,
+        where drawing fifty random indices in Python was the largest cost of an announce.
+        """
         pools = (self.leechers.items,) if for_seeder else (self.leechers.items, self.seeders.items)
         total = sum(len(pool) for pool in pools)
         if count <= 0 or total == 0:
             return []
-        chosen = []
-        # One spare, so dropping the requester still leaves ``count``; random.sample over a
-        # range costs O(k), not O(swarm).
-        for index in random.sample(range(total), min(total, count + 1)):
-            for pool in pools:
-                if index < len(pool):
-                    peer = pool[index]
-                    break
-                index -= len(pool)
-            if peer.key == key or peer.peer_id == peer_id:
-                continue
-            chosen.append(peer)
-            if len(chosen) == count:
-                break
-        return chosen
+        want = min(total, count + 1)  # one spare, so dropping the requester leaves ``count``
+        start = random.randrange(total)
+        window = _window(pools, start, start + want)
+        if start + want > total:
+            window += _window(pools, 0, start + want - total)
+        chosen = [p for p in window if p.key != key and p.peer_id != peer_id]
+        return chosen[:count]
+
+
+def _window(pools, lo, hi):
+    """The peers at indices lo..hi-1 of the pools laid end to end."""
+    out = []
+    for pool in pools:
+        size = len(pool)
+        if lo < size and hi > 0:
+            out += pool[max(lo, 0) : min(hi, size)]
+        lo -= size
+        hi -= size
+    return out
 
 
 class PeerStore:

@@ -15,7 +15,9 @@ import hmac
 import ipaddress
 import json
 import math
+import operator
 import re
+import socket
 import time
 import urllib.parse
 
@@ -47,8 +49,9 @@ _UINT = re.compile(rb"[0-9]{1,20}")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # Only the loopback addresses themselves are this host for sure; the rest of 127.0.0.0/8 may be
 # forwarded or NATed from elsewhere.
-_TRUSTED = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+DEFAULT_TRUSTED_ADDRESSES = ("127.0.0.1", "::1")
 _NOT_REGISTERED = "info_hash {} is not registered with this tracker"
+_COMPACT = operator.attrgetter("compact")
 
 
 class Refused(Exception):
@@ -79,7 +82,8 @@ class Tracker:
                  max_torrents=peerstore.DEFAULT_MAX_TORRENTS,
                  max_peers_per_ip=peerstore.DEFAULT_MAX_PEERS_PER_IP,
                  max_peers=peerstore.DEFAULT_MAX_PEERS, announce_rate=DEFAULT_ANNOUNCE_RATE,
-                 admin_token=None, clock=time.monotonic):
+                 trusted_addresses=DEFAULT_TRUSTED_ADDRESSES, admin_token=None,
+                 clock=time.monotonic):
         if not isinstance(state_dir, str) or not state_dir:
             raise LssdError(f"tracker setting state_dir={state_dir!r} must be a directory path")
         self.state_dir = state_dir
@@ -100,6 +104,8 @@ class Tracker:
             max_peers=_int_setting("max_peers", max_peers, 1),
             max_torrents=_int_setting("max_torrents", max_torrents, 1),
         )
+        self.trusted = _trusted_set(trusted_addresses)
+        self.trusted_addresses = tuple(trusted_addresses)
         self.admin_token = admin_token
         self.started = time.time()
         self._clock = clock
@@ -140,16 +146,17 @@ class Tracker:
             return failure(str(exc)), TEXT
 
     def _check_admin(self, what, remote_ip, token):
-        if remote_ip in _TRUSTED:
+        if remote_ip in self.trusted:
             return
         if token and self.admin_token and hmac.compare_digest(
             token.encode("latin-1", "replace"), self.admin_token.encode()
         ):
             return
+        trusted = ", ".join(self.trusted_addresses) or "no address"
         raise Refused(
-            f"{what} lists every torrent; it answers only to this host (127.0.0.1, ::1) or to "
-            "a request with the tracker's admin token (header 'Authorization: Bearer <token>', "
-            "the token is in the tracker's run directory)"
+            f"{what} lists every torrent; it answers only to {trusted} or to a request with "
+            "the tracker's admin token (header 'Authorization: Bearer <token>'; the token is "
+            "in the tracker's run directory)"
         )
 
     def _scrape_request(self, params, remote_ip, token):
@@ -188,7 +195,7 @@ class Tracker:
         try:
             info_hash = _binary(params, "info_hash", 20, "the torrent's SHA-1 info-hash", "/slice")
             port = _port(params, "/slice")
-            key = (_address(remote_ip).packed, port)
+            key = (_address(remote_ip)[0], port)
             swarm = self._swarm(info_hash, params)
             try:
                 rank = self.store.rank(swarm, key)
@@ -249,7 +256,7 @@ class Tracker:
         ip = _address(remote_ip)
         swarm = self._swarm(info_hash, params)
         seeder = left == 0
-        key = (ip.packed, port)
+        key = (ip[0], port)
         now = self._clock()
         interval = self.current_interval()
         if event == "stopped":
@@ -322,6 +329,26 @@ class Tracker:
         return swarm
 
 
+def _trusted_set(addresses):
+    """The client addresses, as the server reports them, that may list every torrent."""
+    if isinstance(addresses, str) or not all(isinstance(a, str) for a in addresses or ()):
+        raise LssdError(
+            f"tracker setting trusted_addresses={addresses!r} must be a list of IP addresses"
+        )
+    trusted = set()
+    for address in addresses:
+        try:
+            packed, text = _address(address)
+        except Refused:
+            raise LssdError(
+                f"tracker setting trusted_addresses holds {address!r}, which is not an IP address"
+            ) from None
+        trusted.add(text)
+        if len(packed) == 4:  # as a dual-stack socket shows it
+            trusted.add("::ffff:" + text)
+    return frozenset(trusted)
+
+
 def _passkey_matches(required, given):
     if not required:
         return True
@@ -330,24 +357,25 @@ def _passkey_matches(required, given):
 
 def _announce_answer(swarm, chosen, interval, min_interval, compact, no_peer_id):
     complete, incomplete, _ = swarm.counts()
-    answer = {
-        "interval": interval,
-        "min interval": min_interval,
-        "complete": complete,
-        "incomplete": incomplete,
-    }
     if compact:
-        answer["peers"] = b"".join(p.compact for p in chosen if not p.v6)
-        peers6 = b"".join(p.compact for p in chosen if p.v6)
+        # What bencode.encode makes of the dict below, written out: the keys in sorted order.
+        # Every announce of a fleet comes here, and this costs a fraction of the general path.
+        peers, peers6 = b"".join(map(_COMPACT, chosen)), b""
+        if len(peers) != 6 * len(chosen):  # IPv6 peers among them (18 bytes each)
+            peers = b"".join(p.compact for p in chosen if not p.v6)
+            peers6 = b"".join(p.compact for p in chosen if p.v6)
+        body = b"d8:completei%de10:incompletei%de8:intervali%de12:min intervali%de5:peers%d:%s" % (
+            complete, incomplete, interval, min_interval, len(peers), peers)
         if peers6:
-            answer["peers6"] = peers6
-    else:
-        answer["peers"] = [
-            {"ip": p.ip, "port": p.port} if no_peer_id
-            else {"ip": p.ip, "port": p.port, "peer id": p.peer_id}
-            for p in chosen
-        ]
-    return bencode.encode(answer)
+            body += b"6:peers6%d:%s" % (len(peers6), peers6)
+        return body + b"e"
+    peers = [
+        {"ip": p.ip, "port": p.port} if no_peer_id
+        else {"ip": p.ip, "port": p.port, "peer id": p.peer_id}
+        for p in chosen
+    ]
+    return bencode.encode({"interval": interval, "min interval": min_interval,
+                           "complete": complete, "incomplete": incomplete, "peers": peers})
 
 
 # -- query parsing -----------------------------------------------------------------------------
@@ -383,7 +411,7 @@ def _value(params, name):
         if len(value) != 1:
             raise Refused(f"{name} is given {len(value)} times; give it once")
         value = value[0]
-    return _raw(value, name)
+    return value if value.__class__ is bytes else _raw(value, name)
 
 
 def _binary(params, name, length, what, request="announce"):
@@ -425,14 +453,19 @@ def _flag(params, name):
 
 
 def _address(remote_ip):
+    """``(packed, text)`` of the client's address: 4 bytes for IPv4, 16 for IPv6."""
     try:
-        ip = ipaddress.ip_address(remote_ip)
+        return socket.inet_pton(socket.AF_INET, remote_ip), remote_ip
+    except (OSError, TypeError):
+        pass
+    try:
+        ip = ipaddress.IPv6Address(remote_ip)
     except ValueError:
         raise Refused(f"remote address {remote_ip!r} is not an IP address") from None
     # A dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d; they belong in ``peers``.
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.packed, str(ip.ipv4_mapped)
+    return ip.packed, str(ip)
 
 
 def parse_query(query):

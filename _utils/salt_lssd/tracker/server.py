@@ -41,6 +41,9 @@ _DRAIN = 1 << 20
 _ACCEPT_BATCH = 256
 _FDS_KEPT_FREE = 64  # for the listening socket, the log, registry reads
 _SERVER = f"salt-lssd-tracker/{__version__}".encode()
+# Accepted sockets stay in blocking mode and every call says not to wait: one system call per
+# connection fewer than setting them non-blocking.
+_NOWAIT = socket.MSG_DONTWAIT
 _IN = select.EPOLLIN | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT
 
@@ -150,7 +153,6 @@ class Server:
                 continue
             if len(self._conns) >= self.max_connections:
                 self._evict_oldest()
-            sock.setblocking(False)
             conn = _Conn(sock, ip, time.monotonic() + self.request_timeout)
             self._conns[sock.fileno()] = conn
             self._per_ip[ip] = count + 1
@@ -177,7 +179,7 @@ class Server:
             if conn.out is None:
                 try:
                     conn.sock.send(_response(failure(
-                        f"request not complete within {self.request_timeout:g} s"), TEXT))
+                        f"request not complete within {self.request_timeout:g} s"), TEXT), _NOWAIT)
                 except OSError:
                     pass
             self._close(conn)
@@ -186,10 +188,8 @@ class Server:
         sock, conn.sock = conn.sock, None
         if sock is None:
             return
-        fd = sock.fileno()
-        if conn.registered:
-            self._epoll.unregister(fd)
-        del self._conns[fd]
+        # Closing the socket takes it out of the epoll set: no unregister call needed.
+        del self._conns[sock.fileno()]
         left = self._per_ip[conn.ip] - 1
         if left:
             self._per_ip[conn.ip] = left
@@ -207,7 +207,7 @@ class Server:
 
     def _read(self, conn):
         try:
-            data = conn.sock.recv(MAX_REQUEST)
+            data = conn.sock.recv(MAX_REQUEST, _NOWAIT)
         except BlockingIOError:
             return
         except OSError:
@@ -233,7 +233,7 @@ class Server:
 
     def _write(self, conn):
         try:
-            sent = conn.sock.send(conn.out)
+            sent = conn.sock.send(conn.out, _NOWAIT)
         except BlockingIOError:
             return
         except OSError:
@@ -382,7 +382,7 @@ def make_server(tracker, bind=DEFAULT_BIND, port=DEFAULT_PORT, **limits):
 
 _TRACKER_SETTINGS = ("interval", "min_interval", "numwant_default", "numwant_max", "peer_expiry",
                      "max_peers_per_torrent", "max_torrents", "max_peers_per_ip", "max_peers",
-                     "announce_rate")
+                     "announce_rate", "trusted_addresses")
 _SERVER_SETTINGS = ("max_connections", "max_connections_per_ip", "request_timeout")
 
 
