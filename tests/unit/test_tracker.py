@@ -655,3 +655,176 @@ def test_urls():
     assert tracker_mod.status_url("::", 8998) == "http://[::1]:8998/status"
     assert tracker_mod.status_url("10.1.2.3", 8998) == "http://10.1.2.3:8998/status"
     assert tracker_mod.announce_url("tracker01", 8998) == "http://tracker01:8998/announce"
+
+
+# -- passkeys, per-host caps, interval, access ---------------------------------------------------
+
+PASSKEY = "0123456789abcdef" * 2
+
+
+def test_allow_with_passkey_keeps_it_private(state_dir):
+    record = allow(state_dir, INFOHASH.hex(), "Deploy1", passkey=PASSKEY.upper())
+    assert record["protected"] and record["changed"]
+    assert os.stat(record["path"]).st_mode & 0o777 == 0o600
+    assert tracker_mod.lookup(state_dir, INFOHASH.hex())["passkey"] == PASSKEY
+    assert tracker_mod.registered(state_dir) == {
+        INFOHASH.hex(): {"tag": "Deploy1", "infohash": INFOHASH.hex(), "protected": True}
+    }
+    assert allow(state_dir, INFOHASH.hex(), "Deploy1", passkey=PASSKEY)["changed"] is False
+    assert allow(state_dir, INFOHASH.hex(), "Deploy1")["changed"] is True  # protection removed
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "zz" * 16, "0" * 130, 12345])
+def test_allow_refuses_bad_passkey(state_dir, bad):
+    with pytest.raises(LssdError, match="passkey .* is not 16 to 128 hexadecimal digits"):
+        allow(state_dir, INFOHASH.hex(), "Deploy1", passkey=bad)
+
+
+def test_new_passkey_is_accepted_and_fresh():
+    first, second = tracker_mod.new_passkey(), tracker_mod.new_passkey()
+    assert first != second and tracker_mod.validate_passkey(first) == first
+
+
+def test_announce_and_slice_urls_come_from_one_builder():
+    from salt_lssd import swarm, torrent
+
+    url = tracker_mod.announce_url("tracker01", 8998, PASSKEY)
+    assert url == f"http://tracker01:8998/announce?passkey={PASSKEY}"
+    assert torrent.announce_url("tracker01", 8998, PASSKEY) == url
+    assert tracker_mod.slice_url(url) == swarm.slice_url(url) == f"http://tracker01:8998/slice?passkey={PASSKEY}"
+    assert torrent.check_announce_url(url) == url
+    assert tracker_mod.announce_url("::1", 1) == "http://[::1]:1/announce"
+
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("http://t:1/announce?passkey=abc", "passkey 'abc' is not 16 to 128 hexadecimal digits"),
+        ("http://t:1/announce?key=" + PASSKEY, "allowed: none, or passkey=<hex>"),
+        (f"http://t:1/announce?passkey={PASSKEY}&x=1", "allowed: none, or passkey=<hex>"),
+        ("ftp://t:1/announce", "is not an http(s) URL"),
+        ("http://t:1/scrape", "must have a path starting with /announce"),
+    ],
+)
+def test_check_announce_url_names_what_is_wrong(url, expected):
+    with pytest.raises(LssdError) as caught:
+        tracker_mod.check_announce_url(url)
+    assert expected in str(caught.value) and repr(url) in str(caught.value)
+
+
+@pytest.fixture
+def protected(state_dir, clock):
+    allow(state_dir, INFOHASH.hex(), "Deploy1", passkey=PASSKEY)
+    return Tracker(state_dir, peer_expiry=35, clock=clock)
+
+
+def test_passkey_is_needed_and_a_wrong_one_looks_like_an_unknown_hash(protected):
+    assert b"failure reason" not in announce(protected, 1, left=0, passkey=PASSKEY)
+    unknown = announce(protected, 2, info_hash=OTHER_INFOHASH)[b"failure reason"]
+    assert unknown == f"info_hash {OTHER_INFOHASH.hex()} is not registered with this tracker".encode()
+    expected = {b"failure reason": unknown.replace(OTHER_INFOHASH.hex().encode(), INFOHASH.hex().encode())}
+    for passkey in (None, "", "0" * 32, PASSKEY.upper()[:-1] + "0"):
+        assert announce(protected, 2, passkey=passkey) == expected
+        assert ask_slice(protected, 6002, passkey=passkey) == expected
+        assert bencode.decode(protected.scrape([INFOHASH], {"passkey": passkey}))[b"files"] == {}
+    answer = announce(protected, 2, passkey=PASSKEY.upper())  # hex is hex in either case
+    assert decode_compact(answer[b"peers"]) == [("10.0.0.2", 10001)]
+    assert ask_slice(protected, 6002, passkey=PASSKEY) == {b"rank": 0, b"peers": 1}
+
+
+def test_a_renewed_passkey_takes_over(protected, state_dir, clock):
+    assert b"failure reason" not in announce(protected, 1, passkey=PASSKEY)
+    renewed = "fedcba9876543210" * 2
+    allow(state_dir, INFOHASH.hex(), "Deploy1", passkey=renewed)
+    clock.now += 2  # a wrong passkey re-reads the registration at most once a second
+    assert b"failure reason" not in announce(protected, 2, passkey=renewed)
+    assert b"failure reason" in announce(protected, 3, passkey=PASSKEY)
+
+
+def test_one_host_keeps_its_latest_peers_only(state_dir, clock):
+    allow(state_dir, INFOHASH.hex(), "Deploy1")
+    core = Tracker(state_dir, max_peers_per_ip=3, clock=clock)
+    for n in range(10):
+        clock.now += 1
+        announce(core, n, ip="10.9.9.9")
+    announce(core, 20, ip="10.9.9.8")
+    peers = decode_compact(announce(core, 21, ip="10.9.9.7", numwant="200")[b"peers"])
+    assert sorted(peers) == [("10.9.9.8", 10020)] + [("10.9.9.9", 10000 + n) for n in (7, 8, 9)]
+
+
+def test_peers_overall_are_capped(state_dir, clock):
+    allow(state_dir, INFOHASH.hex(), "Deploy1")
+    allow(state_dir, OTHER_INFOHASH.hex(), "Deploy2")
+    core = Tracker(state_dir, max_peers=5, clock=clock)
+    for n in range(4):
+        announce(core, n)
+    for n in range(4, 8):
+        answer = announce(core, n, info_hash=OTHER_INFOHASH)
+    assert answer[b"incomplete"] == 1 and core.status()["peers"] == 5
+
+
+@pytest.mark.parametrize("bad", [{"max_peers_per_ip": 1}, {"max_peers": 0}, {"announce_rate": 0},
+                                 {"trusted_addresses": "127.0.0.1"},
+                                 {"trusted_addresses": ["localhost"]}])
+def test_bad_cap_settings_are_refused(state_dir, bad):
+    name = next(iter(bad))
+    with pytest.raises(LssdError, match=name):
+        Tracker(state_dir, **bad)
+
+
+def test_interval_grows_with_the_swarm_and_expiry_with_it(state_dir, clock):
+    allow(state_dir, INFOHASH.hex(), "Deploy1")
+    core = Tracker(state_dir, interval=10, min_interval=5, announce_rate=10, clock=clock)
+    for n in range(100):  # 100 peers at 10 s: the announce_rate (10/s) exactly
+        answer = announce(core, n)
+    assert (answer[b"interval"], answer[b"min interval"]) == (10, 5)
+    for n in range(100, 300):
+        answer = announce(core, n)
+    assert (answer[b"interval"], answer[b"min interval"]) == (30, 15)
+    clock.now += 3 * 10 + 5 + 1  # expired at the base interval, not at the grown one
+    assert announce(core, 300)[b"incomplete"] >= 200
+
+
+def test_enumeration_answers_only_this_host_or_the_token(state_dir, clock):
+    allow(state_dir, INFOHASH.hex(), "Deploy1")
+    core = Tracker(state_dir, admin_token="t0ken" * 8, clock=clock)
+    for path in (b"/status", b"/scrape"):
+        body, content_type = core.handle(b"GET", path, "10.0.0.1")
+        reason = bencode.decode(body)[b"failure reason"].decode()
+        assert content_type == "text/plain" and "admin token" in reason and "127.0.0.1, ::1" in reason
+        assert core.handle(b"GET", path, "10.0.0.1", token="wrong")[0] == body
+        assert b"failure reason" not in core.handle(b"GET", path, "10.0.0.1", token="t0ken" * 8)[0]
+        for trusted in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+            assert b"failure reason" not in core.handle(b"GET", path, trusted)[0]
+        assert b"failure reason" in core.handle(b"GET", path, "127.0.0.2")[0]
+    # With info_hash, scrape is a peer's question and needs no token.
+    assert b"files" in core.handle(b"GET", b"/scrape?info_hash=" + urllib.parse.quote_from_bytes(INFOHASH).encode(), "10.0.0.1")[0]
+
+
+def test_trickling_request_is_closed_with_a_reason(start_tracker):
+    running = start_tracker(request_timeout=1)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(b"GET /announce?info_hash=")
+        started = time.monotonic()
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        assert time.monotonic() - started < 8
+    reason = bencode.decode(b"".join(chunks).partition(b"\r\n\r\n")[2])[b"failure reason"]
+    assert reason == b"request not complete within 1 s"
+
+
+def test_oversized_request_gets_a_reason_not_a_reset(running):
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(b"GET /announce?" + b"x" * 100000 + b" HTTP/1.0\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    reason = bencode.decode(b"".join(chunks).partition(b"\r\n\r\n")[2])[b"failure reason"]
+    assert reason == b"request is over 8192 bytes"
+
+
+def test_fetch_status_reads_the_token_from_the_run_directory(running):
+    token = tracker_mod.read_admin_token(running.run_dir)
+    assert token and os.stat(os.path.join(running.run_dir, "admin_token")).st_mode & 0o777 == 0o600
+    assert fetch_status("127.0.0.1", running.port, run_dir=running.run_dir) == running.status()
