@@ -480,23 +480,42 @@ def parse_query(query):
             ) from None
     params = {}
     for piece in query.split(b"&"):
-        if not piece:
-            continue
-        if b"%" in piece and _BAD_ESCAPE.search(piece):
-            raise Refused(
-                f"bad query encoding: {show(piece)} has a '%' not followed by two hex digits"
-            )
         name, _, value = piece.partition(b"=")
-        name = _unquote(name)
-        try:
-            name = name.decode("ascii")
-        except UnicodeDecodeError:
-            raise Refused(f"bad query encoding: parameter name {show(name)} is not ASCII") from None
-        params.setdefault(name, []).append(_unquote(value))
+        key = _KNOWN_NAMES.get(name)
+        if key is None:
+            if not piece:
+                continue
+            key = _name(name, piece)
+        if b"%" in value or b"+" in value:
+            value = _unquote(value, piece)
+        values = params.get(key)
+        if values is None:
+            params[key] = [value]
+        else:
+            values.append(value)
     return params
 
 
-def _unquote(raw):
-    if b"%" not in raw and b"+" not in raw:
-        return raw
+# The names clients send, decoded once: every announce of a fleet is parsed here.
+_KNOWN_NAMES = {
+    name.encode(): name
+    for name in ("info_hash", "peer_id", "port", "uploaded", "downloaded", "left", "event",
+                 "compact", "no_peer_id", "numwant", "key", "passkey", "corrupt", "redundant",
+                 "supportcrypto", "requirecrypto", "trackerid", "ip", "ipv4", "ipv6")
+}
+
+
+def _name(raw, piece):
+    name = _unquote(raw, piece)
+    try:
+        return name.decode("ascii")
+    except UnicodeDecodeError:
+        raise Refused(f"bad query encoding: parameter name {show(name)} is not ASCII") from None
+
+
+def _unquote(raw, piece):
+    if b"%" in raw and _BAD_ESCAPE.search(raw):
+        raise Refused(
+            f"bad query encoding: {show(piece)} has a '%' not followed by two hex digits"
+        )
     return urllib.parse.unquote_to_bytes(raw.replace(b"+", b" "))

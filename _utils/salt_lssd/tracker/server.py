@@ -220,16 +220,15 @@ class Server:
             return
         if data:
             conn.buf += data
-            end = _head_end(conn.buf)
-            if end < 0:
-                if len(conn.buf) > MAX_REQUEST:
-                    conn.drain = _DRAIN
-                    self._answer(conn, failure(f"request is over {MAX_REQUEST} bytes"), TEXT)
-                return
         elif not conn.buf:
             self._close(conn)  # connected and left without a word
             return
-        self._request(conn, eof=not data)
+        end = _head_end(conn.buf)
+        if end >= 0 or not data:
+            self._request(conn, end, eof=not data)
+        elif len(conn.buf) > MAX_REQUEST:
+            conn.drain = _DRAIN
+            self._answer(conn, failure(f"request is over {MAX_REQUEST} bytes"), TEXT)
 
     def _write(self, conn):
         try:
@@ -239,8 +238,8 @@ class Server:
         except OSError:
             self._close(conn)
             return
-        conn.out = conn.out[sent:]
-        if conn.out:
+        if sent < len(conn.out):
+            conn.out = memoryview(conn.out)[sent:]
             return
         conn.out = None
         if not conn.drain:
@@ -255,14 +254,14 @@ class Server:
             self._epoll.modify(conn.sock.fileno(), _IN)
 
     def _answer(self, conn, body, content_type, head_only=False):
-        conn.out = memoryview(_response(body, content_type, head_only))
+        conn.out = _response(body, content_type, head_only)
         self._write(conn)
 
     # -- requests --
 
-    def _request(self, conn, eof):
-        """Answer the request in ``conn.buf``: complete, or cut short by the client's EOF."""
-        end = _head_end(conn.buf)
+    def _request(self, conn, end, eof):
+        """Answer the request in ``conn.buf`` whose headers end at ``end`` (-1: cut short by the
+        client's EOF)."""
         if end < 0:
             self._answer(conn, failure("bad HTTP request: it ends before its headers do"), TEXT)
             return
@@ -273,7 +272,8 @@ class Server:
             self._answer(conn, failure(f"bad HTTP request line {show(line)}; a tracker answers "
                                        "'GET /announce?... HTTP/1.1'"), TEXT)
             return
-        length = _content_length(head)
+        lowered = head.lower()
+        length = _content_length(head, lowered)
         if length is None or length > MAX_REQUEST:
             self._answer(conn, failure("bad HTTP request: Content-Length is not a number of bytes "
                                        f"up to {MAX_REQUEST}"), TEXT)
@@ -284,7 +284,7 @@ class Server:
             return  # read the body too: closing on unread data resets the connection
         method, target = parts[0], parts[1]
         try:
-            body, content_type = self.tracker.handle(method, target, conn.ip, _bearer(head))
+            body, content_type = self.tracker.handle(method, target, conn.ip, _bearer(head, lowered))
         except Exception as exc:  # noqa: BLE001 -- the tracker keeps serving; the log says why
             self.log_unexpected(exc)
             body, content_type = failure(
@@ -315,9 +315,9 @@ def _head_end(buf):
     return end + 2 if end >= 0 else -1
 
 
-def _header(head, name):
-    """The value of header ``name`` (lower-case bytes) in ``head``, or None."""
-    lowered = head.lower()
+def _header(head, lowered, name):
+    """The value of header ``name`` (lower-case bytes) in ``head`` (``lowered``: in lower
+    case), or None."""
     start = lowered.find(b"\n" + name + b":")
     if start < 0:
         return None
@@ -326,15 +326,19 @@ def _header(head, name):
     return head[start:stop if stop >= 0 else len(head)].strip()
 
 
-def _content_length(head):
-    value = _header(head, b"content-length")
+def _content_length(head, lowered):
+    if b"content-length" not in lowered:
+        return 0
+    value = _header(head, lowered, b"content-length")
     if value is None:
         return 0
     return int(value) if value.isdigit() and len(value) < 10 else None
 
 
-def _bearer(head):
-    value = _header(head, b"authorization")
+def _bearer(head, lowered):
+    if b"authorization" not in lowered:
+        return None
+    value = _header(head, lowered, b"authorization")
     if value is None or not value.lower().startswith(b"bearer "):
         return None
     return value[7:].strip().decode("latin-1")
