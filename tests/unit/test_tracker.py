@@ -1,4 +1,7 @@
-"""The HTTP tracker: a real detached process answering real HTTP, plus the Tracker class in-process."""
+"""The HTTP tracker: a real detached process answering real HTTP, plus the Tracker class in-process.
+
+Attacks on the tracker (slowloris, floods, outsiders) are in tests/functional/test_tracker_abuse.py.
+"""
 
 import http.client
 import json
@@ -691,7 +694,8 @@ def test_announce_and_slice_urls_come_from_one_builder():
     url = tracker_mod.announce_url("tracker01", 8998, PASSKEY)
     assert url == f"http://tracker01:8998/announce?passkey={PASSKEY}"
     assert torrent.announce_url("tracker01", 8998, PASSKEY) == url
-    assert tracker_mod.slice_url(url) == swarm.slice_url(url) == f"http://tracker01:8998/slice?passkey={PASSKEY}"
+    sliced = f"http://tracker01:8998/slice?passkey={PASSKEY}"
+    assert tracker_mod.slice_url(url) == swarm.slice_url(url) == sliced
     assert torrent.check_announce_url(url) == url
     assert tracker_mod.announce_url("::1", 1) == "http://[::1]:1/announce"
 
@@ -798,7 +802,8 @@ def test_enumeration_answers_only_this_host_or_the_token(state_dir, clock):
             assert b"failure reason" not in core.handle(b"GET", path, trusted)[0]
         assert b"failure reason" in core.handle(b"GET", path, "127.0.0.2")[0]
     # With info_hash, scrape is a peer's question and needs no token.
-    assert b"files" in core.handle(b"GET", b"/scrape?info_hash=" + urllib.parse.quote_from_bytes(INFOHASH).encode(), "10.0.0.1")[0]
+    query = urllib.parse.urlencode({"info_hash": INFOHASH}).encode()
+    assert b"files" in core.handle(b"GET", b"/scrape?" + query, "10.0.0.1")[0]
 
 
 def test_trickling_request_is_closed_with_a_reason(start_tracker):

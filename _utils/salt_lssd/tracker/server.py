@@ -10,6 +10,7 @@ closed after the answer (HTTP/1.0), as trackers are used: a peer announces every
 seconds. The protocol is protocol.py's; :func:`run` is ``python -m salt_lssd tracker RUN_DIR``.
 """
 
+import contextlib
 import errno
 import os
 import resource
@@ -107,12 +108,7 @@ class Server:
         try:
             while not self._stop and not (should_stop and should_stop()):
                 for fd, events in self._epoll.poll(poll_interval, 1024):
-                    if fd == listener:
-                        self._accept()
-                    else:
-                        conn = self._conns.get(fd)
-                        if conn is not None:
-                            self._ready(conn, events)
+                    self._event(fd, listener)
                 now = time.monotonic()
                 self._expire(now)
                 if now >= next_sweep:
@@ -120,6 +116,21 @@ class Server:
                     next_sweep = now + sweep_every
         finally:
             self._stopped.set()
+
+    def _event(self, fd, listener):
+        conn = None
+        try:
+            if fd == listener:
+                self._accept()
+            else:
+                conn = self._conns.get(fd)
+                if conn is not None:
+                    self._ready(conn)
+        except Exception as exc:  # noqa: BLE001 -- one connection's bug must not stop the tracker
+            self.log_unexpected(exc)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    self._close(conn)
 
     def shutdown(self):
         """Stop :meth:`serve_forever` running in another thread, and wait for it."""
@@ -197,7 +208,7 @@ class Server:
             del self._per_ip[conn.ip]
         sock.close()
 
-    def _ready(self, conn, events):
+    def _ready(self, conn):
         if conn.out is not None:
             self._write(conn)
         else:
