@@ -146,8 +146,9 @@ class Slowloris:
     """``count`` connections from ``sources`` addresses, each sending the start of an announce
     and then one more byte every ``every`` seconds, never finishing it."""
 
-    def __init__(self, port, sources, count, every=0.5):
+    def __init__(self, port, sources, count, every=0.5, padding=0):
         self.port = port
+        self.padding = padding
         self.sources = sources
         self.count = count
         self.every = every
@@ -164,7 +165,7 @@ class Slowloris:
             sock.bind((self.sources[i % len(self.sources)], 0))
             try:
                 sock.connect(("127.0.0.1", self.port))
-                sock.send(b"GET /announce?info_hash=")
+                sock.send(b"GET /announce?info_hash=" + b"A" * self.padding)
             except OSError:
                 self.refused += 1  # closed by the tracker before we got to write
                 sock.close()
@@ -218,9 +219,10 @@ def test_slowloris_beyond_the_connection_cap_does_not_stop_announces(start_track
     port, run_dir = start_tracker(max_connections=500, request_timeout=4)
     tracker.allow(state_dir, INFOHASH.hex(), "Deploy1")
     pid = tracker_pid(run_dir)
+    before = rss_kib(pid)
     # 1,500 trickling connections from 50 hosts, 30 each: under the per-host cap, three
-    # times the tracker's connection cap.
-    attack = slowloris(port, [f"127.0.9.{i}" for i in range(1, 51)], 1500)
+    # times the tracker's connection cap, each holding 4 KiB of request.
+    attack = slowloris(port, [f"127.0.9.{i}" for i in range(1, 51)], 1500, padding=4096)
     assert len(attack.socks) + attack.refused == 1500
     slowest = 0.0
     for n in range(20):
@@ -230,9 +232,12 @@ def test_slowloris_beyond_the_connection_cap_does_not_stop_announces(start_track
         # The tracker holds no more connections than its cap, whatever the attack.
         assert open_fds(pid) <= 500 + 64
     assert slowest < PROMPT, f"an announce took {slowest:.2f}s during the slowloris"
+    assert rss_kib(pid) - before < 32 * 1024  # 500 connections x at most 16 KiB of buffer
     # Connections that never finish their request are closed after request_timeout (4 s).
     wait_for(lambda: attack.closed_by_tracker() == len(attack.socks), 4 + 20,
              "the tracker to close every trickling connection")
+    connections = status(port)["connections"]
+    assert connections["evicted"] >= 1000 - 20 and connections["timed_out"] >= 1, connections
     assert b"failure reason" not in announce(port, 99)
 
 
@@ -246,6 +251,8 @@ def test_one_host_cannot_hold_more_than_its_connections(start_tracker, slowloris
     assert open_fds(tracker_pid(run_dir)) <= 16 + 64
     answer, took = timed_announce(port, 1, source="127.0.8.2")
     assert b"failure reason" not in answer and took < PROMPT
+    connections = status(port)["connections"]
+    assert connections["refused"] >= 200 - 16 and connections["open"] >= 16
 
 
 # -- peer slots --------------------------------------------------------------------------------

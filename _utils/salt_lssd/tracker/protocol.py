@@ -107,6 +107,8 @@ class Tracker:
         self.trusted = _trusted_set(trusted_addresses)
         self.trusted_addresses = tuple(trusted_addresses)
         self.admin_token = admin_token
+        # Set by the server: () -> its connection counters, shown in /status.
+        self.connection_stats = None
         self.started = time.time()
         self._clock = clock
         # info_hash -> passkey (bytes) or None, for the swarms made so far: a known hash costs
@@ -220,8 +222,11 @@ class Tracker:
                 "completed": completed,
                 "peers": seeders + leechers,
             }
-        return {"torrents": torrents, "started": self.started, "interval": self.current_interval(),
-                "peers": self.store.total_peers}
+        answer = {"torrents": torrents, "started": self.started,
+                  "interval": self.current_interval(), "peers": self.store.total_peers}
+        if self.connection_stats is not None:
+            answer["connections"] = self.connection_stats()
+        return answer
 
     def sweep(self):
         """Drop expired peers of every swarm, also those nobody announces to any more."""

@@ -93,7 +93,10 @@ class Server:
         self._logged = set()
         self._stop = False
         self._stopped = threading.Event()
+        # accepted; evicted to make room under max_connections; refused beyond
+        # max_connections_per_ip; timed_out after request_timeout.
         self.stats = {"accepted": 0, "evicted": 0, "refused": 0, "timed_out": 0}
+        tracker.connection_stats = lambda: dict(self.stats, open=len(self._conns))
 
     @property
     def connections(self):
