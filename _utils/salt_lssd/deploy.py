@@ -16,7 +16,8 @@ from salt_lssd import torrent as metainfo
 from salt_lssd.common import ensure_dir, validate_tag, write_atomic
 from salt_lssd.settings import number
 
-_SUMMARY_KEYS = ("progress", "download_rate", "upload_rate", "peers", "seeds", "total_done")
+# What a progress event carries from the download process's state (plus size and ETA).
+_PROGRESS_KEYS = ("progress", "download_rate", "upload_rate", "peers", "seeds", "total_done", "tracker_error")
 
 
 def get_torrent(minion, tag, torrent=None, nonce=None):
@@ -86,9 +87,21 @@ class _TagLock:
         self._fh.close()
 
 
-def peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger=None, nonce=None, **options):
-    """Download ``tag`` through the swarm, verify and install it; returns the summary."""
+def peer(minion, tag, **kwargs):
+    """Download ``tag`` through the swarm, verify and install it; returns the summary.
+
+    Events: ``lssd/peer/<tag>/start`` when the download starts, ``.../progress`` while it
+    runs, ``.../complete`` with the summary, ``.../failed`` with the ``reason``.
+    """
     tag = validate_tag(tag)
+    try:
+        return _peer(minion, tag, **kwargs)
+    except LssdError as exc:
+        minion.fire(f"lssd/peer/{tag}/failed", {"tag": tag, "reason": str(exc)})
+        raise
+
+
+def _peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger=None, nonce=None, **options):
     destination_path = minion.setting("destination_path", destination_path)
     timeout = minion.setting("timeout", timeout)
     linger = minion.setting("linger", linger)
@@ -107,7 +120,9 @@ def peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger=
             return dict(done, changed=False, comment=f"{tag} is already installed in {done['target']}")
         install.check(destination_path, tag, **options)
         run_dir, archive = _start_download(minion, tag, data, info, linger, timeout, lt_settings)
-        state = wait_for_download(minion, tag, run_dir, archive, timeout)
+        minion.fire(f"lssd/peer/{tag}/start", {"tag": tag, "infohash": info["infohash"], "size": info["size"]})
+        state = wait_for_download(minion, tag, run_dir, archive, timeout, info["size"])
+        install_started = time.monotonic()
         try:
             installed = install.install(
                 archive, destination_path, tag, compression=meta.get("compression"),
@@ -119,6 +134,7 @@ def peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger=
             _remove(archive)
             raise
     summary = _summary(tag, info, meta, state, installed, linger)
+    summary["install_seconds"] = round(time.monotonic() - install_started, 3)
     inventory.record(minion, tag, summary)
     minion.fire(f"lssd/peer/{tag}/complete", summary)
     return dict(summary, changed=True, comment=f"deployed {tag} in {summary['target']}")
@@ -200,7 +216,15 @@ def _timed_out(tag, state, timeout):
     )
 
 
-def wait_for_download(minion, tag, run_dir, archive, timeout):
+def _progress(state, size):
+    """A progress event: the process's figures, the total size and an ETA at the current rate."""
+    event = {k: state.get(k) for k in _PROGRESS_KEYS}
+    rate, done = state.get("download_rate") or 0, state.get("total_done") or 0
+    event.update(size=size, eta=round((size - done) / rate, 1) if rate > 0 and size else None)
+    return event
+
+
+def wait_for_download(minion, tag, run_dir, archive, timeout, size=None):
     """Poll the peer process until it completes; a progress event every progress_interval s."""
     progress_interval = minion.setting("progress_interval")
     deadline = time.monotonic() + number(timeout, "timeout", 1)
@@ -217,7 +241,7 @@ def wait_for_download(minion, tag, run_dir, archive, timeout):
             _remove(archive)
             raise _failed(tag, state, status) if failed else _timed_out(tag, state, timeout)
         if now >= next_event and status == "downloading":
-            minion.fire(f"lssd/peer/{tag}/progress", {k: state.get(k) for k in _SUMMARY_KEYS})
+            minion.fire(f"lssd/peer/{tag}/progress", _progress(state, size))
             next_event = now + progress_interval
         # Every waiting job polls; Salt's processes share the cores with the swarm on small
         # hosts. Once a second until the end is near, then 5 Hz so completion is seen

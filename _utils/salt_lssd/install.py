@@ -567,6 +567,33 @@ def _move_into_place(tmp, target, tag, unsafe_please_delete):
     return True
 
 
+def _reader(archive, tag, compression, path_is_file, file_name):
+    """(absolute archive path, decompress command or None, installed file name) for install."""
+    if not isinstance(archive, (str, os.PathLike)) or not os.path.isfile(archive):
+        raise LssdError(f"archive {archive!r} does not exist or is not a regular file")
+    archive = os.path.abspath(os.fspath(archive))
+    if not path_is_file:
+        compression = compression_of(archive) if compression is None else check_compression(compression)
+        return archive, tool_command(compression, decompress=True), file_name
+    check_compression(compression, path_is_file=True)
+    if file_name is None:
+        base = os.path.basename(archive)
+        file_name = base[len(tag) + 2 :] if base.startswith(f"{tag}--") else base
+    _check_file_name(file_name)
+    return archive, None, file_name
+
+
+def _finish_tree(tmp, extractor, mode):
+    """Owner, mode and mtime of the extracted tree's top, then everything flushed to disk."""
+    extractor._chown(tmp)
+    if mode is None:
+        mode = extractor.root_mode if extractor.root_mode is not None else DEFAULT_MODE
+    os.chmod(tmp, mode)
+    if extractor.root_mtime is not None:
+        os.utime(tmp, (extractor.root_mtime, extractor.root_mtime))
+    _write_back(tmp)
+
+
 def install(
     archive,
     destination_path,
@@ -627,23 +654,10 @@ def install(
         path_is_file=path_is_file,
         file_name=file_name,
     )
-    if not isinstance(archive, (str, os.PathLike)) or not os.path.isfile(archive):
-        raise LssdError(f"archive {archive!r} does not exist or is not a regular file")
-    archive = os.path.abspath(os.fspath(archive))
-    command = None
-    if path_is_file:
-        check_compression(compression, path_is_file=True)
-        if file_name is None:
-            base = os.path.basename(archive)
-            file_name = base[len(tag) + 2 :] if base.startswith(f"{tag}--") else base
-        _check_file_name(file_name)
-    else:
-        compression = compression_of(archive) if compression is None else check_compression(compression)
-        command = tool_command(compression, decompress=True)
+    archive, command, file_name = _reader(archive, tag, compression, path_is_file, file_name)
     if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):
         raise LssdError(f"sha256 {sha256!r} is not a SHA-256 hex digest (64 hex digits)")
     digest = hashlib.sha256() if sha256 is not None else None
-
     target = plan["target"]
     parent = os.path.dirname(target)
     try:
@@ -663,14 +677,7 @@ def install(
                     f"archive {archive!r} has SHA-256 {digest.hexdigest()}, expected {sha256.lower()}; "
                     "nothing was installed"
                 )
-            extractor._chown(tmp)
-            dir_mode = plan["mode"]
-            if dir_mode is None:
-                dir_mode = extractor.root_mode if extractor.root_mode is not None else DEFAULT_MODE
-            os.chmod(tmp, dir_mode)
-            if extractor.root_mtime is not None:
-                os.utime(tmp, (extractor.root_mtime, extractor.root_mtime))
-            _write_back(tmp)
+            _finish_tree(tmp, extractor, plan["mode"])
             replaced = _move_into_place(tmp, target, tag, unsafe_please_delete)
             fsync_dir(parent)
         except OSError as exc:

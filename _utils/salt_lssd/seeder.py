@@ -133,6 +133,8 @@ def seed_start(minion, tag, publish=True, publish_timeout=60):
             number(publish_timeout, "publish_timeout"),
             tag=tag,
         )
+    minion.fire(f"lssd/seeder/{tag}/start", {"tag": tag, "infohash": meta["infohash"], "size": meta["size"],
+                                             "nonce": config["nonce"]})
     return started
 
 
@@ -141,4 +143,7 @@ def seed_stop(minion, tag=None):
     run_dirs = minion.layout.run_dirs("seeder", tag)
     for _, each in run_dirs:
         minion.mine_delete(mine.torrent_alias(each))
-    return procs.stop_each("seeder", run_dirs, tag)
+    stopped = procs.stop_each("seeder", run_dirs, tag)
+    for each in stopped["stopped"]:
+        minion.fire(f"lssd/seeder/{each}/stop", {"tag": each})
+    return stopped
