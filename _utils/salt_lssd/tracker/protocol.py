@@ -45,7 +45,6 @@ _RELOAD_EVERY = 1.0
 TEXT = "text/plain"
 JSON = "application/json"
 _EVENTS = ("", "started", "completed", "stopped", "paused")  # paused: BEP 21, libtorrent sends it
-_UINT = re.compile(rb"[0-9]{1,20}")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # Only the loopback addresses themselves are this host for sure; the rest of 127.0.0.0/8 may be
 # forwarded or NATed from elsewhere.
@@ -436,7 +435,7 @@ def _uint(params, name, required=False, request="announce"):
         if required:
             raise Refused(f"{request} is missing {name}")
         return None
-    if not _UINT.fullmatch(value):
+    if not (value.isdigit() and len(value) <= 20):  # bytes.isdigit: ASCII 0-9 only
         raise Refused(f"{name} {show(value)} is not a non-negative integer")
     return int(value)
 
