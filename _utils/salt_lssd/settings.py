@@ -136,10 +136,16 @@ def _rollout(value, name):
     return value
 
 
+def _sls_list(value, name):
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise LssdError(f"{name} {value!r} must be a list of SLS names such as ['app.restart']")
+    return value
+
+
 # name: (default, check). Nested pillar keys are written with ':' as in config.get.
 TABLE = {
     "tag": (REQUIRED, _tag),
-    "app": (None, _optional(validate_tag)),
     "seeder_files_path": (REQUIRED, _absolute),
     "path_is_file": (False, _bool),
     "exclude": (pack.DEFAULT_EXCLUDE, _exclude),
@@ -169,6 +175,7 @@ TABLE = {
     "targets:peer": (REQUIRED, _text),
     "batch": (None, _optional(_rollout)),
     "canary": (None, _optional(_rollout)),
+    "hooks:sls": ([], _sls_list),
 }
 
 

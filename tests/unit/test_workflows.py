@@ -1,0 +1,172 @@
+"""The control-plane workflows of salt_lssd driven without Salt's loader.
+
+Each workflow takes a ``Minion``; here it is built over plain functions: pillar is a dict,
+the mine an in-memory store shared by the minions of a test, events a list. The workflows
+themselves (packing, torrents, plans, records) run for real.
+"""
+
+import base64
+import os
+
+import pytest
+from lssd_testutil import make_build_tree
+from salt_lssd import LssdError, NotPublished, deploy, inventory, mine, plans, seeder
+from salt_lssd.minion import Minion
+
+
+class Fleet:
+    """Minions sharing one in-memory mine, as a master would hold it."""
+
+    def __init__(self, root):
+        self.root = root
+        self.mine = {}  # alias -> {minion id: entry}
+        self.events = []
+
+    def minion(self, name, **lssd):
+        pillar = {"lssd": lssd}
+
+        def config_get(key, default=None):
+            value = pillar
+            for part in key.split(":"):
+                if not isinstance(value, dict) or part not in value:
+                    return default
+                value = value[part]
+            return value
+
+        def mine_get(tgt, alias, tgt_type="glob"):
+            entries = self.mine.get(alias, {})
+            return {k: v for k, v in entries.items() if tgt in ("*", k)}
+
+        salt = {
+            "config.get": config_get,
+            "mine.get": mine_get,
+            "mine.send": lambda alias, mine_function, **kw: None,
+            "mine.delete": lambda alias: self.mine.get(alias, {}).pop(name, None),
+            "event.send": lambda tag, data: self.events.append((tag, data)),
+            "cp.cache_file": lambda url: False,
+        }
+        cachedir = os.path.join(self.root, name, "cache")
+        os.makedirs(cachedir, exist_ok=True)
+        return Minion({"id": name, "cachedir": cachedir}, salt, {"ipv4": ["127.0.0.1"]})
+
+    def publish(self, seeder_minion, tag, nonce="n1"):
+        """What seed_start publishes, without starting a seeder process."""
+        meta = seeder.local_torrent(seeder_minion, tag)
+        with open(seeder_minion.layout.torrent(tag), "rb") as fh:
+            entry = mine.torrent_entry(seeder_minion, tag, fh.read(), meta, nonce)
+        self.mine.setdefault(mine.torrent_alias(tag), {})[seeder_minion.id] = entry
+        return entry
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    return Fleet(str(tmp_path))
+
+
+@pytest.fixture
+def built(fleet, tmp_path):
+    """A seeder minion that made the torrent of tag T1 and published it."""
+    build = make_build_tree(tmp_path / "build", data_mb=1)
+    made = fleet.minion("build01", seeder_files_path=build, tracker={"host": "127.0.0.1", "port": 6969})
+    result = seeder.create_torrent(made, "T1")
+    fleet.publish(made, "T1")
+    return made, result
+
+
+def test_create_torrent_records_and_announces(fleet, built):
+    made, result = built
+    assert result["tracker"] == "http://127.0.0.1:6969/announce"
+    assert seeder.torrent_info(made, "T1")["infohash"] == result["infohash"]
+    assert ("lssd/seeder/T1/torrent", {k: result[k] for k in ("tag", "infohash", "sha256", "size")}) in fleet.events
+
+
+def test_lookup_reads_the_published_entry_and_checks_it(fleet, built):
+    _, result = built
+    peer = fleet.minion("web1")
+    found = deploy.lookup(peer, "T1")
+    assert (found["sha256"], found["seeder"], found["nonce"]) == (result["sha256"], "build01", "n1")
+    assert deploy.lookup(peer, "T2", missing_ok=True)["published"] is False
+    with pytest.raises(NotPublished, match="no seeder publishes tag 'T2'"):
+        deploy.lookup(peer, "T2")
+    with pytest.raises(NotPublished, match="with nonce other"):
+        mine.lookup_torrent(peer, "T1", nonce="other")
+
+
+def test_lookup_refuses_an_entry_whose_torrent_does_not_match(fleet, built):
+    entry = fleet.mine[mine.torrent_alias("T1")]["build01"]
+    entry["sha256"] = "0" * 64
+    with pytest.raises(LssdError, match="does not match its own torrent"):
+        deploy.lookup(fleet.minion("web1"), "T1")
+
+
+def test_two_seeders_with_different_builds_are_refused(fleet, built):
+    entry = dict(fleet.mine[mine.torrent_alias("T1")]["build01"], sha256="1" * 64)
+    fleet.mine[mine.torrent_alias("T1")]["build02"] = entry
+    with pytest.raises(LssdError, match="publish different builds for tag 'T1'"):
+        deploy.lookup(fleet.minion("web1"), "T1")
+
+
+def test_deployed_plan_downloads_then_switches_and_says_so(fleet, built, tmp_path):
+    dest = str(tmp_path / "app")
+    peer = fleet.minion("web1", destination_path=dest, current=True)
+    plan = plans.plan(peer, "deployed", "T1", test=True)
+    assert [step["call"] for step in plan["steps"]] == ["peer", "switch_current"]
+    assert plan["changes"]["deployed"]["target"] == os.path.join(dest, "T1")
+    assert plan["changes"]["current"] == {"old": None, "new": "T1"}
+    assert "would download T1" in plan["comment"]
+
+
+def test_deployed_dry_run_reports_what_the_real_run_would_refuse(fleet, built, tmp_path):
+    dest = tmp_path / "app"
+    (dest / "T1").mkdir(parents=True)
+    (dest / "T1" / "theirs").write_text("not ours")
+    peer = fleet.minion("web1", destination_path=str(dest))
+    with pytest.raises(LssdError, match="unsafe_please_delete"):
+        plans.plan(peer, "deployed", "T1", test=True)
+    with pytest.raises(LssdError, match="owner 'no-such-user-lssd'"):
+        plans.plan(fleet.minion("web2", destination_path=str(tmp_path / "b"), destination_owner="no-such-user-lssd"),
+                   "deployed", "T1", test=True)
+
+
+def test_deployed_plan_is_empty_when_the_build_is_installed(fleet, built, tmp_path):
+    _, result = built
+    dest = tmp_path / "app"
+    (dest / "T1").mkdir(parents=True)
+    peer = fleet.minion("web1", destination_path=str(dest))
+    inventory.record(peer, "T1", {"target": str(dest / "T1"), "sha256": result["sha256"]})
+    plan = plans.plan(peer, "deployed", "T1")
+    assert plan["steps"] == [] and plan["comment"] == "T1 is already deployed"
+    inventory.record(peer, "T1", {"target": str(dest / "T1"), "sha256": "f" * 64})
+    with pytest.raises(LssdError, match="set force: True"):
+        plans.plan(peer, "deployed", "T1")
+    forced = plans.plan(peer, "deployed", "T1", force=True)
+    assert [s["call"] for s in forced["steps"]] == ["peer_stop", "rm_tgz", "peer"]
+    assert forced["changes"]["sha256"] == {"old": "f" * 64, "new": result["sha256"]}
+
+
+def test_a_peer_without_pillar_fails_naming_the_key(fleet, built):
+    with pytest.raises(LssdError, match=r"lssd:destination_path is not set"):
+        plans.plan(fleet.minion("web1"), "deployed", "T1")
+
+
+def test_prune_keeps_the_newest_and_never_what_lssd_did_not_install(fleet, tmp_path):
+    dest = tmp_path / "app"
+    peer = fleet.minion("web1", destination_path=str(dest))
+    for i, tag in enumerate(("A", "B", "C")):
+        (dest / tag).mkdir(parents=True)
+        inventory.record(peer, tag, {"target": str(dest / tag), "sha256": "0" * 64})
+        os.utime(peer.layout.installed_record(tag), (i, i))
+    (dest / "theirs").mkdir()
+    planned = inventory.prune(peer, 1, newest="C", test=True)
+    assert planned["remove"] and "theirs" not in planned["remove"] and "C" not in planned["remove"]
+    done = inventory.prune(peer, 1, newest="C")
+    assert sorted(os.listdir(dest)) == ["C", "theirs"]
+    assert sorted(inventory.installed(peer)) == ["C"] and done["changed"]
+
+
+def test_mine_entry_carries_the_torrent(fleet, built):
+    made, result = built
+    entry = fleet.mine[mine.torrent_alias("T1")]["build01"]
+    with open(made.layout.torrent("T1"), "rb") as fh:
+        assert base64.b64decode(entry["torrent"]) == fh.read()
+    assert entry["infohash"] == result["infohash"]
