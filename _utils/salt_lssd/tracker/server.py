@@ -65,9 +65,10 @@ class _Conn:
 
 
 def _positive(name, value, kind=int):
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) \
-            or value <= 0:
-        raise LssdError(f"tracker setting {name}={value!r} must be a number > 0")
+    allowed = (int, float) if kind is float else int
+    if isinstance(value, bool) or not isinstance(value, allowed) or value <= 0:
+        what = "a number of seconds" if kind is float else "an integer"
+        raise LssdError(f"tracker setting {name}={value!r} must be {what} > 0")
     return value
 
 
@@ -93,14 +94,11 @@ class Server:
         self._logged = set()
         self._stop = False
         self._stopped = threading.Event()
+        self._stopped.set()  # not serving yet: shutdown() has nothing to wait for
         # accepted; evicted to make room under max_connections; refused beyond
         # max_connections_per_ip; timed_out after request_timeout.
         self.stats = {"accepted": 0, "evicted": 0, "refused": 0, "timed_out": 0}
         tracker.connection_stats = lambda: dict(self.stats, open=len(self._conns))
-
-    @property
-    def connections(self):
-        return len(self._conns)
 
     def serve_forever(self, poll_interval=0.1, should_stop=None, sweep_every=1.0):
         """Serve until :meth:`shutdown` or until ``should_stop()`` is true; expired peers are
