@@ -4,8 +4,22 @@
     orchestrates the whole run).
 
         salt 'web*' state.apply lssd.peer
+
+    Every setting comes from this minion's own pillar (the orchestrate hands over only the
+    run-wide tag and tracker address), so destination_path and the rest may be templated per
+    minion. lssd:hooks:sls names the operator's SLS to run after a deploy that changed
+    something here (a new tag installed, current switched, old tags removed), never otherwise.
 -#}
-{%- from "lssd/map.jinja" import lssd with context %}
+{%- from "lssd/map.jinja" import lssd, require, hook_sls with context %}
+{{- require(["tag", "destination_path"], "lssd.peer") }}
+{%- set hooks = hook_sls("lssd.peer")|load_json %}
+{%- if hooks %}
+
+include:
+{%-   for hook in hooks %}
+  - {{ hook }}
+{%-   endfor %}
+{%- endif %}
 
 lssd-deployed:
   lssd.deployed:
@@ -21,3 +35,10 @@ lssd-deployed:
     - force: {{ lssd.force|json }}
     - current: {{ lssd.current|json }}
     - keep: {{ lssd.keep|json }}
+{%- if hooks %}
+    # Each state of the hook SLS runs only when this one reports changes.
+    - onchanges_in:
+{%-   for hook in hooks %}
+      - sls: {{ hook }}
+{%-   endfor %}
+{%- endif %}

@@ -5,7 +5,8 @@
 
         salt build01 state.apply lssd.seeder
 -#}
-{%- from "lssd/map.jinja" import lssd with context %}
+{%- from "lssd/map.jinja" import lssd, require with context %}
+{{- require(["tag", "seeder_files_path"], "lssd.seeder") }}
 
 lssd-seeding:
   lssd.seeding:

@@ -17,7 +17,7 @@ import time
 import pytest
 from lssd_testutil import make_build_tree
 
-from .lssd_integration import BUILD_MB, FILE_IGNORE_REGEX, LINGER, PEERS, REPO, Env, free_port
+from .lssd_integration import BUILD_MB, FILE_IGNORE_REGEX, FILES, LINGER, PEERS, REPO, TOP, Case, Env, free_port
 
 
 @pytest.fixture(scope="package")
@@ -30,18 +30,17 @@ def lssd_root():
 
 
 def _write_pillar(root, build, tracker_port):
+    """Pillar every test shares (lssd.sls) and the per-test case.sls (a Case rewrites it)."""
     pillar = root / "pillar"
     pillar.mkdir()
     user = getpass.getuser()
     group = grp.getgrgid(os.getgid()).gr_name
-    (pillar / "top.sls").write_text(
-        "base:\n  '*':\n    - lssd\n" + "".join(f"  {peer}:\n    - {peer}\n" for peer in PEERS)
-    )
+    (pillar / "top.sls").write_text(TOP)
+    (pillar / "case.sls").write_text("{}\n")
     (pillar / "lssd.sls").write_text(
         textwrap.dedent(
             f"""\
             lssd:
-              tag: Deploy1
               seeder_files_path: {build}
               destination_owner: {user}
               destination_group: {group}
@@ -61,12 +60,6 @@ def _write_pillar(root, build, tracker_port):
             """
         )
     )
-    # Each peer its own destination: they share this machine. Only the peers' pillar sets it,
-    # so the orchestrate (which passes the master's view of pillar lssd) leaves it alone.
-    for peer in PEERS:
-        (pillar / f"{peer}.sls").write_text(
-            f"lssd:\n  destination_path: {root / peer / 'opt' / 'app'}\n"
-        )
     return pillar
 
 
@@ -81,8 +74,9 @@ def lssd_env(salt_factories, lssd_root):
         defaults={"root_dir": str(root / "master")},
         overrides={
             "interface": "127.0.0.1",
-            # The README's classic install: the SLS tree and the repository (for sync_all).
-            "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
+            # The README's classic install: the SLS tree and the repository (for sync_all);
+            # then the tests' own SLS (the hook).
+            "file_roots": {"base": [str(REPO / "salt"), str(REPO), str(FILES)]},
             "file_ignore_regex": FILE_IGNORE_REGEX,
             "pillar_roots": {"base": [str(pillar)]},
             "fileserver_list_cache_time": 0,
@@ -102,7 +96,7 @@ def lssd_env(salt_factories, lssd_root):
         stack.enter_context(master.started())
         for minion in minions.values():
             stack.enter_context(minion.started())
-        env = Env(root, master, minions, build, tracker_port)
+        env = Env(root, master, minions, build, tracker_port, pillar)
         try:
             yield env
         finally:
@@ -122,3 +116,15 @@ def _stop_everything(env):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert not survivors, f"lssd processes outlived the integration tests: {survivors}"
+
+
+@pytest.fixture
+def case(lssd_env, request):
+    """This test's own tag, directories and pillar (see Case); its peers stopped afterwards."""
+    case = Case(lssd_env, request.node.name)
+    try:
+        yield case
+    finally:
+        case.close()
+        if lssd_env.processes():
+            lssd_env.salt.run("lssd.peer_stop", minion_tgt="web*")

@@ -1,10 +1,7 @@
 """Deploys through ``salt-run state.orchestrate lssd.orch.deploy`` with a real master and minions.
 
-The tests of this module build on one another as a fleet's history would: Deploy1 is shipped,
-shipped again (nothing moves), a dry run of Deploy2 changes nothing, Deploy2 is shipped (current
-switches, Deploy1 is kept), Deploy3 fails on a peer whose target is in the way while the other
-peer gets it, the peers stop after linger, Deploy4 finds the tracker through the mine, and at
-the end lssd.stop and lssd.peer_stop leave nothing running. Run them as a module.
+Every test stands alone (``-k`` runs any one of them): it deploys its own tags into its own
+directories (the ``case`` fixture), and nothing it checks depends on an earlier test.
 """
 
 import os
@@ -19,32 +16,17 @@ from .lssd_integration import LINGER, PEERS, minion_states, orchestrate_states, 
 pytestmark = pytest.mark.integration
 
 
-def running_roles(env):
-    """The lssd roles still running below the package's directory, e.g. ``{'peer', 'tracker'}``."""
-    return {cmdline.split("salt_lssd ", 1)[1].split()[0] for _, cmdline in env.processes()}
-
-
-def tags_in(env, peer):
-    destination = env.destination(peer)
-    return sorted(n for n in os.listdir(destination) if n.startswith("Deploy")) if destination.exists() else []
-
-
-def current_of(env, peer):
-    return os.readlink(env.destination(peer) / "current")
-
-
-def assert_installed(env, peer, tag, expected):
-    target = env.destination(peer) / tag
+def assert_installed(case, peer, tag, expected):
+    target = case.destination(peer) / tag
     assert tree_manifest(target) == expected, f"{peer}: {target} differs from the build"
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o755
 
 
-@pytest.fixture(scope="module")
-def first_deploy(lssd_env):
-    """Deploy1 shipped by the orchestrate: (result, states, the build's manifest at the time)."""
-    expected = without(tree_manifest(lssd_env.build))
-    ret = lssd_env.orchestrate()
-    return ret, orchestrate_states(ret), expected
+def assert_ok(ret):
+    states = orchestrate_states(ret)
+    assert ret.returncode == 0, states
+    assert all(state["result"] is True for state in states.values()), states
+    return states
 
 
 def test_entry_point_path_needs_no_sync(lssd_env):
@@ -55,134 +37,131 @@ def test_entry_point_path_needs_no_sync(lssd_env):
     assert status["state_dir"] == str(lssd_env.state_dir("web1"))
 
 
-def test_deploy_gives_every_peer_the_build(lssd_env, first_deploy):
-    ret, states, expected = first_deploy
-    assert ret.returncode == 0, states
-    assert all(state["result"] is True for state in states.values()), states
+def test_per_minion_pillar_each_peer_installs_into_its_own_path(lssd_env, case, event_listener):
+    # destination_path is templated per minion ({{ grains['id'] }}) and both peers share this
+    # host: each must get its own directory, not the master's rendering of the pillar.
+    since = time.time()
+    expected = without(tree_manifest(lssd_env.build))
+    ret = lssd_env.orchestrate()
+    states = assert_ok(ret)
     peers = minion_states(states["lssd-peers"])
     assert sorted(peers) == list(PEERS)
     for peer in PEERS:
         (deployed,) = peers[peer].values()
         assert deployed["changes"]["deployed"]["bytes"] > 0
-        assert_installed(lssd_env, peer, "Deploy1", expected)
-        assert current_of(lssd_env, peer) == "Deploy1"
+        assert deployed["changes"]["deployed"]["target"] == str(case.destination(peer) / case.tag)
+        assert_installed(case, peer, case.tag, expected)
+        assert case.current_of(peer) == case.tag
+    # The master's own rendering of the pillar names a directory nobody installed into.
+    assert not (case.dir / lssd_env.master_id).exists()
     # Seeder and tracker were stopped by the orchestrate; only lingering peers may remain.
-    assert running_roles(lssd_env) <= {"peer"}
+    assert lssd_env.running_roles() <= {"peer"}
 
-
-def test_deploy_is_visible_as_events(lssd_env, first_deploy, event_listener):
     # What `salt-run state.event 'lssd/*'` shows: progress while peers download, then a
     # summary per peer; the master wraps a minion's event as {"id": <minion>, "data": ...}.
-    # (The listener only looks back as far as after_time.)
-    master, since = lssd_env.master.id, time.time() - 3600
-    completes = event_listener.get_events([(master, "lssd/peer/Deploy1/complete")], after_time=since)
+    master = lssd_env.master.id
+    completes = event_listener.get_events([(master, f"lssd/peer/{case.tag}/complete")], after_time=since)
     assert sorted(event.data["id"] for event in completes) == sorted(PEERS)
     for event in completes:
         assert event.data["data"]["bytes"] > 0 and event.data["data"]["seconds"] > 0
-    progress = event_listener.get_events([(master, "lssd/peer/Deploy1/progress")], after_time=since)
+    progress = event_listener.get_events([(master, f"lssd/peer/{case.tag}/progress")], after_time=since)
     assert progress, "no progress event reached the master"
     for event in progress:
         assert event.data["id"] in PEERS
         assert {"progress", "download_rate", "upload_rate", "peers"} <= set(event.data["data"])
 
+    # Finished peers keep seeding lssd:linger seconds, then exit by themselves.
+    wait_until(lambda: not lssd_env.processes(), LINGER + 60, "the lingering peers to exit")
 
-def test_same_tag_again_changes_nothing_on_the_peers(lssd_env, first_deploy):
-    before = {peer: lssd_env.call(peer, "lssd.installed", "Deploy1") for peer in PEERS}
+
+def test_same_tag_again_changes_nothing_and_hooks_run_on_change_only(lssd_env, case):
+    # lssd:hooks:sls: the operator's SLS runs after a deploy that changed the peer, only then.
+    case.pillar(hooks={"sls": ["lssd_test.hook"]})
     ret = lssd_env.orchestrate()
-    states = orchestrate_states(ret)
-    assert ret.returncode == 0, states
-    assert states["lssd-peers"]["result"] is True
+    states = assert_ok(ret)
+    for peer, results in minion_states(states["lssd-peers"]).items():
+        hook = next(r for key, r in results.items() if "lssd-test-hook" in key)
+        assert hook["result"] is True and hook["changes"], (peer, hook)
+    for peer in PEERS:
+        assert (case.dir / peer / "hooks.log").read_text() == f"{case.tag}\n"
+    before = {peer: lssd_env.call(peer, "lssd.installed", case.tag) for peer in PEERS}
+
+    ret = lssd_env.orchestrate()
+    states = assert_ok(ret)
     assert minion_states(states["lssd-peers"]) == {}, "a peer changed although the tag did not"
-    # No download ran: the install records are the very same.
-    assert {peer: lssd_env.call(peer, "lssd.installed", "Deploy1") for peer in PEERS} == before
+    # No download ran: the install records are the very same; and the hook did not run.
+    assert {peer: lssd_env.call(peer, "lssd.installed", case.tag) for peer in PEERS} == before
+    for peer in PEERS:
+        assert (case.dir / peer / "hooks.log").read_text() == f"{case.tag}\n"
 
 
-def test_dry_run_changes_nothing(lssd_env, first_deploy):
-    ret = lssd_env.orchestrate(pillar={"lssd": {"tag": "Deploy2"}}, test=True)
+def test_dry_run_changes_nothing(lssd_env, case):
+    ret = lssd_env.orchestrate(test=True)
     states = orchestrate_states(ret)
     assert ret.returncode == 0, states
     assert all(state["result"] in (True, None) for state in states.values()), states
     for peer in PEERS:
-        assert tags_in(lssd_env, peer) == ["Deploy1"]
-        assert current_of(lssd_env, peer) == "Deploy1"
-    assert lssd_env.call("seeder", "lssd.torrent_info", "Deploy2") is None
-    assert "tracker" not in running_roles(lssd_env) and "seeder" not in running_roles(lssd_env)
+        assert case.tags_in(peer) == []
+    assert lssd_env.call("seeder", "lssd.torrent_info", case.tag) is None
+    assert not {"tracker", "seeder"} & lssd_env.running_roles()
 
 
-def test_tag_bump_deploys_the_new_tag_and_switches_current(lssd_env, first_deploy):
-    (lssd_env.build / "VERSION").write_text("2\n")
-    expected = without(tree_manifest(lssd_env.build))
-    ret = lssd_env.orchestrate(pillar={"lssd": {"tag": "Deploy2"}})
-    states = orchestrate_states(ret)
-    assert ret.returncode == 0, states
-    for peer in PEERS:
-        assert_installed(lssd_env, peer, "Deploy2", expected)
-        assert current_of(lssd_env, peer) == "Deploy2"
-        assert tags_in(lssd_env, peer) == ["Deploy1", "Deploy2"]  # keep: 2
-
-
-def test_failing_peer_is_named_and_the_others_complete(lssd_env, first_deploy):
-    in_the_way = lssd_env.destination("web2") / "Deploy3"
+def test_failing_peer_is_named_and_the_others_complete(lssd_env, case):
+    in_the_way = case.destination("web2") / case.tag
     in_the_way.mkdir(parents=True)
     (in_the_way / "precious.txt").write_text("not ours\n")
-    ret = lssd_env.orchestrate(pillar={"lssd": {"tag": "Deploy3"}})
+    ret = lssd_env.orchestrate()
     states = orchestrate_states(ret)
     assert ret.returncode != 0
     peers = states["lssd-peers"]
     assert peers["result"] is False
-    assert "web2" in peers["comment"] and "web1" not in peers["comment"], peers["comment"]
+    assert "web2" in peers["comment"] and "web1" not in peers["comment"].split("\n")[0], peers["comment"]
     (web2,) = minion_states(peers)["web2"].values()
-    assert web2["result"] is False and "not empty" in web2["comment"]
-    # web1 completed: Deploy3 is current there, and keep: 2 removed Deploy1.
-    assert current_of(lssd_env, "web1") == "Deploy3"
-    assert tags_in(lssd_env, "web1") == ["Deploy2", "Deploy3"]
-    # web2 kept what was in the way, and its current build.
+    assert web2["result"] is False and "not empty" in web2["comment"], web2
+    assert case.current_of("web1") == case.tag
+    # web2 kept what was in the way.
     assert (in_the_way / "precious.txt").read_text() == "not ours\n"
-    assert current_of(lssd_env, "web2") == "Deploy2"
+    assert not (case.destination("web2") / "current").exists()
     # Cleanup ran although a peer failed.
     assert states["lssd-stop"]["result"] is True
-    assert "tracker" not in running_roles(lssd_env) and "seeder" not in running_roles(lssd_env)
+    assert not {"tracker", "seeder"} & lssd_env.running_roles()
 
 
-def test_finished_peers_stop_by_themselves_after_linger(lssd_env, first_deploy):
-    wait_until(lambda: not lssd_env.processes(), LINGER + 60, "the lingering peers to exit")
-
-
-def test_tracker_address_from_the_mine(lssd_env, first_deploy):
-    # No lssd:tracker:host: the seeder names the tracker by what the tracker minion published
-    # to the mine. A tracker on 127.0.0.2 proves the address did not come from pillar.
-    # The peers linger long this time, for test_stop_leaves_nothing_running.
-    pillar = {"lssd": {"tag": "Deploy4", "linger": 600, "tracker": {"host": None, "bind": "127.0.0.2"}}}
-    ret = lssd_env.orchestrate(pillar=pillar)
-    states = orchestrate_states(ret)
-    assert ret.returncode == 0, states
-    made = lssd_env.call("seeder", "lssd.torrent_info", "Deploy4")
+def test_tracker_address_from_the_mine(lssd_env, case):
+    # No lssd:tracker:host anywhere: the seeder names the tracker by what the tracker minion
+    # published to the mine. A tracker on 127.0.0.2 proves the address did not come from pillar.
+    case.pillar(tracker={"host": None, "bind": "127.0.0.2"})
+    ret = lssd_env.orchestrate()
+    assert_ok(ret)
+    made = lssd_env.call("seeder", "lssd.torrent_info", case.tag)
     assert made["tracker"] == f"http://127.0.0.2:{lssd_env.tracker_port}/announce"
     for peer in PEERS:
-        assert current_of(lssd_env, peer) == "Deploy4"
+        assert case.current_of(peer) == case.tag
 
 
-def test_site_dry_run(lssd_env, first_deploy):
+def test_site_dry_run(lssd_env, case):
     # lssd.orch.site: lssd.setup first (pip.installed libtorrent, pkg.installed pigz zstd),
     # then the deploy; a dry run so the test machine's packages are left alone.
-    ret = lssd_env.orchestrate("lssd.orch.site", pillar={"lssd": {"tag": "Deploy5"}}, test=True)
+    ret = lssd_env.orchestrate("lssd.orch.site", test=True)
     states = orchestrate_states(ret)
     assert ret.returncode == 0, states
     assert states["lssd-setup"]["__run_num__"] < states["lssd-tracker"]["__run_num__"]
     for minion, results in minion_states(states["lssd-setup"]).items():
         assert all(r["result"] is not False for r in results.values()), (minion, results)
     for peer in PEERS:
-        assert "Deploy5" not in tags_in(lssd_env, peer)
+        assert case.tags_in(peer) == []
 
 
-def test_stop_leaves_nothing_running(lssd_env, first_deploy):
+def test_stop_peer_stop_and_rm_tgz(lssd_env, case):
+    # The peers linger long this time, so lssd.peer_stop has something to stop.
+    case.pillar(linger=600)
+    assert_ok(lssd_env.orchestrate())
     # The orchestrate stopped seeder and tracker already: lssd.stop has nothing left to do.
     ret = lssd_env.salt.run("-C", "state.apply", "lssd.stop", minion_tgt="tracker or seeder")
     assert ret.returncode == 0, ret.stdout
     for results in ret.data.values():
         assert all(r["result"] is True and not r["changes"] for r in results.values()), results
-    # Only the Deploy4 peers still linger; lssd.peer_stop ends them now.
-    assert running_roles(lssd_env) == {"peer"}
+    assert lssd_env.running_roles() == {"peer"}
     ret = lssd_env.salt.run("state.apply", "lssd.peer_stop", minion_tgt="web*")
     assert ret.returncode == 0, ret.stdout
     for results in ret.data.values():
@@ -193,27 +172,32 @@ def test_stop_leaves_nothing_running(lssd_env, first_deploy):
     for results in ret.data.values():
         assert all(r["result"] is True and not r["changes"] for r in results.values()), results
 
-
-def test_create_torrent_sls_packs_once(lssd_env, first_deploy):
-    pillar = {"lssd": {"tag": "Deploy6"}}
-    ret = lssd_env.salt.run("state.apply", "lssd.create_torrent", pillar=pillar, minion_tgt="seeder")
+    # rm_tgz: the archive and torrent go, the installed tree stays; a second run changes nothing.
+    downloads = [
+        p
+        for p in lssd_env.state_dir("web1").rglob("*")
+        if p.is_file() and case.tag in p.name and p.parent.name in ("downloads", "torrents")
+    ]
+    assert downloads, "the peer kept no archive or torrent of the tag"
+    ret = lssd_env.salt.run("state.apply", "lssd.rm_tgz", minion_tgt="web1")
     assert ret.returncode == 0, ret.stdout
     (result,) = ret.data.values()
-    assert result["changes"]["lssd.create_torrent"]["tag"] == "Deploy6"
-    ret = lssd_env.salt.run("state.apply", "lssd.create_torrent", pillar=pillar, minion_tgt="seeder")
+    assert result["result"] is True and result["changes"], result
+    assert not [p for p in downloads if p.exists()]
+    assert (case.destination("web1") / case.tag).is_dir()
+    ret = lssd_env.salt.run("state.apply", "lssd.rm_tgz", minion_tgt="web1")
+    (result,) = ret.data.values()
+    assert result["result"] is True and not result["changes"], result
+
+
+def test_create_torrent_sls_packs_once(lssd_env, case):
+    ret = lssd_env.salt.run("state.apply", "lssd.create_torrent", minion_tgt="seeder")
+    assert ret.returncode == 0, ret.stdout
+    (result,) = ret.data.values()
+    assert result["result"] is True and result["changes"], result
+    assert lssd_env.call("seeder", "lssd.torrent_info", case.tag)["tag"] == case.tag
+    ret = lssd_env.salt.run("state.apply", "lssd.create_torrent", minion_tgt="seeder")
     (result,) = ret.data.values()
     assert result["result"] is True and not result["changes"], result
     assert not lssd_env.processes()  # made, not seeded
 
-
-def test_rm_tgz_removes_the_archive_only(lssd_env, first_deploy):
-    ret = lssd_env.salt.run(
-        "state.apply", "lssd.rm_tgz", pillar={"lssd": {"tag": "Deploy4"}}, minion_tgt="web1"
-    )
-    assert ret.returncode == 0, ret.stdout
-    (result,) = ret.data.values()
-    removed = result["changes"]["lssd.rm_tgz"]["removed"]
-    assert any(path.endswith(".torrent") for path in removed) and len(removed) >= 2, removed
-    for path in removed:
-        assert path.startswith(str(lssd_env.state_dir("web1")) + os.sep) and not os.path.exists(path)
-    assert (lssd_env.destination("web1") / "Deploy4").is_dir()

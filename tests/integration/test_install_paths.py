@@ -58,8 +58,11 @@ def test_sync_all_brings_lssd_and_detached_processes_run_the_synced_copy(lssd_en
     assert "states.lssd" in synced["states"]
     assert "utils.salt_lssd.__main__" in synced["utils"], synced["utils"]
     for rel in ("modules/lssd.py", "states/lssd.py", "utils/salt_lssd/__init__.py",
-                "utils/salt_lssd/__main__.py", "utils/salt_lssd/procs.py", "utils/salt_lssd/tracker.py"):
+                "utils/salt_lssd/__main__.py", "utils/salt_lssd/procs.py"):
         assert os.path.isfile(os.path.join(extmods, rel)), rel
+    # The tracker's code, a module or a package, is synced as well.
+    tracker = os.path.join(extmods, "utils", "salt_lssd", "tracker")
+    assert os.path.isfile(tracker + ".py") or os.path.isfile(os.path.join(tracker, "__init__.py"))
 
     status = lssd_env.call("classic", "lssd.status")
     assert status["state_dir"] == os.path.join(classic.config["cachedir"], "lssd")

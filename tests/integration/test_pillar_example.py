@@ -9,6 +9,11 @@ import yaml
 
 from .lssd_integration import REPO
 
+# No default stands in for these: pillar.example shows them commented, defaults.yaml lacks them.
+REQUIRED = ["tag", "seeder_files_path", "destination_path", "targets:tracker", "targets:seeder", "targets:peer"]
+# Given per run (pillar=), not kept in pillar: shown commented too.
+PER_RUN = ["rollback_to"]
+
 
 def flat_keys(data, prefix=""):
     keys = set()
@@ -27,19 +32,36 @@ def test_pillar_example_is_the_defaults():
     assert example == defaults
 
 
+def test_required_keys_have_no_default_and_are_shown_commented():
+    text = (REPO / "pillar.example").read_text()
+    defaults = flat_keys(yaml.safe_load((REPO / "salt" / "lssd" / "defaults.yaml").read_text())["lssd"])
+    for key in REQUIRED + PER_RUN:
+        assert key not in defaults and key.split(":")[0] not in defaults, key
+        leaf = key.split(":")[-1]
+        assert re.search(rf"^\s*#\s+{leaf}: \S", text, re.M), f"pillar.example does not show {key}"
+
+
 def test_every_documented_key_is_used_and_every_used_key_documented():
-    documented = flat_keys(yaml.safe_load((REPO / "pillar.example").read_text())["lssd"])
-    sls = "\n".join(p.read_text() for p in (REPO / "salt" / "lssd").rglob("*.sls"))
-    module = (REPO / "_modules" / "lssd.py").read_text()
-    # SLS read the merged settings as lssd.<key>[.<sub>]; the module as _conf("<key>[:<sub>]").
+    documented = flat_keys(yaml.safe_load((REPO / "pillar.example").read_text())["lssd"]) | set(REQUIRED + PER_RUN)
+    tree = REPO / "salt" / "lssd"
+    sls = "\n".join(p.read_text() for p in sorted(tree.rglob("*")) if p.suffix in (".sls", ".jinja"))
+    # SLS read the merged settings as lssd.<key>[.<sub>] (or lssd|traverse("<key>:<sub>")).
     used_by_sls = {m.replace(".", ":") for m in re.findall(r"\blssd\.([a-z_]+(?:\.[a-z_]+)?)", sls)}
-    used_by_sls = {k for k in used_by_sls if k.split(":")[0] in {d.split(":")[0] for d in documented}}
-    used_by_module = set(re.findall(r'_conf\("([a-z_:]+)"', module))
-    # targets:* are used as a whole by the orchestrate (lssd.targets -> targets.<role>).
-    orch = "\n".join(p.read_text() for p in (REPO / "salt" / "lssd" / "orch").glob("*.sls"))
-    used_by_orch = {"targets:" + role for role in re.findall(r"\btargets\.([a-z_]+)", orch)}
-    used = used_by_sls | used_by_module | used_by_orch
+    used_by_sls |= set(re.findall(r'"((?:targets|tracker):[a-z_]+)"', sls))
+    tops = {d.split(":")[0] for d in documented}
+    used_by_sls = {k for k in used_by_sls if k.split(":")[0] in tops}
     # lssd.tracker / lssd.targets alone name a group (or an SLS such as lssd.tracker), not a key.
-    used = {k for k in used if not any(d.startswith(k + ":") for d in documented)}
-    assert documented - used == set(), "documented but never used"
-    assert used - documented == set(), "used but not in pillar.example"
+    used_by_sls = {k for k in used_by_sls if not any(d.startswith(k + ":") for d in documented)}
+    assert used_by_sls - documented == set(), "used by the SLS tree but not in pillar.example"
+    # The execution module and its package name each key it reads as a string.
+    code = "\n".join(
+        p.read_text()
+        for where in ("_modules", "_states", "_utils")
+        for p in sorted((REPO / where).rglob("*.py"))
+    )
+    unused = {
+        key
+        for key in documented - used_by_sls
+        if not re.search(rf"""["'](lssd:)?{re.escape(key)}["']""", code)
+    }
+    assert unused == set(), "documented but never used"

@@ -1,0 +1,185 @@
+"""The orchestrate as a control plane: what it hands the roles, what it refuses up front,
+canaries and waves, rollback.
+
+Every test stands alone (``-k`` runs any one of them) on its own tags and directories (the
+``case`` fixture).
+"""
+
+import pytest
+
+from .lssd_integration import PEERS, minion_states, orchestrate_errors, orchestrate_states, wait_until
+
+pytestmark = pytest.mark.integration
+
+RUN_WIDE = {"tag", "run_id", "tracker", "rollback_to"}
+
+
+def assert_ok(ret):
+    states = orchestrate_states(ret)
+    assert ret.returncode == 0, states
+    assert all(state["result"] is True for state in states.values()), states
+    return states
+
+
+def assert_no_job_ran(lssd_env, case):
+    assert lssd_env.call("seeder", "lssd.torrent_info", case.tag) is None
+    assert lssd_env.call("tracker", "lssd.tracker_status")["running"] is False
+    assert not lssd_env.processes()
+    for peer in PEERS:
+        assert case.tags_in(peer) == []
+
+
+def test_every_step_has_a_timeout_and_roles_get_run_wide_values_only(lssd_env, case):
+    case.pillar(job_timeout=321, timeout=100, batch="50%")
+    plan = lssd_env.orchestrate_plan()
+    steps = {k: v for k, v in plan.items() if v["function"] in ("salt.state", "salt.function")}
+    assert set(steps) == {"lssd-tracker", "lssd-seeder", "lssd-tracker-allow", "lssd-peers", "lssd-stop"}
+    for step_id, step in steps.items():
+        # The peers' job is their download (lssd:timeout) plus a job's worth of the rest.
+        assert step["timeout"] == (421 if step_id == "lssd-peers" else 321), (step_id, step)
+    assert plan["lssd-peers"]["batch"] == "50%"
+    run_ids = set()
+    for step_id, step in steps.items():
+        if step["function"] != "salt.state":
+            continue
+        handed = step["pillar"]["lssd"]
+        assert set(handed) <= RUN_WIDE, (step_id, handed)
+        assert handed["tag"] == case.tag
+        assert handed["tracker"] == {"host": "127.0.0.1", "port": lssd_env.tracker_port}
+        run_ids.add(handed["run_id"])
+    assert len(run_ids) == 1, run_ids
+
+
+def test_no_master_pillar_fails_before_any_job_naming_the_master_id(lssd_env, case):
+    # The pillar top no longer matches the master: the orchestrate must not fall back on
+    # built-in targets and tags.
+    master_id = lssd_env.master_id
+    case.top(f"base:\n  '* and not {master_id}':\n    - match: compound\n    - lssd\n    - case\n")
+    ret = lssd_env.orchestrate()
+    assert ret.returncode != 0
+    errors = orchestrate_errors(ret)
+    print(errors)
+    assert f"pillar id {master_id}" in errors, errors
+    for key in ("lssd:tag", "lssd:targets:tracker", "lssd:targets:seeder", "lssd:targets:peer"):
+        assert key in errors, errors
+    assert_no_job_ran(lssd_env, case)
+
+
+def test_a_target_matching_no_minion_fails_naming_it(lssd_env, case):
+    case.pillar(targets={"peer": "nomatch*"})
+    ret = lssd_env.orchestrate()
+    assert ret.returncode != 0
+    errors = orchestrate_errors(ret)
+    assert 'lssd:targets:peer "nomatch*" matches no minion' in errors, errors
+    assert_no_job_ran(lssd_env, case)
+
+
+def test_a_role_missing_a_required_key_names_it_and_the_minion(lssd_env, case):
+    case.pillar(destination_path=None)
+    ret = lssd_env.salt.run("state.apply", "lssd.peer", minion_tgt="web1")
+    assert ret.returncode != 0
+    assert "lssd.peer on minion web1: lssd:destination_path is not set" in str(ret.data), ret.data
+    # A tag YAML read as a number (1.10 -> 1.1) is refused, saying to quote it.
+    case.pillar(tag=1.1)
+    ret = lssd_env.salt.run("state.apply", "lssd.seeder", minion_tgt="seeder")
+    assert ret.returncode != 0
+    assert "lssd:tag 1.1 is a number" in str(ret.data) and "quote it" in str(ret.data), ret.data
+
+
+def test_canary_failure_stops_the_run_before_other_peers_start(lssd_env, case):
+    # canary: 1 takes the first peer by id (web1); something in its way makes it fail.
+    case.pillar(canary=1)
+    in_the_way = case.destination("web1") / case.tag
+    in_the_way.mkdir(parents=True)
+    (in_the_way / "precious.txt").write_text("not ours\n")
+    ret = lssd_env.orchestrate()
+    print(ret.stdout)
+    states = orchestrate_states(ret)
+    assert ret.returncode != 0
+    canary = states["lssd-canary"]
+    assert canary["result"] is False and "web1" in canary["comment"], canary
+    assert sorted(minion_states(canary)) == ["web1"]
+    rest = states["lssd-peers"]
+    assert rest["result"] is False and "requisite" in rest["comment"].lower(), rest
+    assert not minion_states(rest)
+    # web2 never started: nothing installed, no record, no download.
+    assert case.tags_in("web2") == []
+    assert lssd_env.call("web2", "lssd.installed", case.tag) is None
+    assert not [p for p in lssd_env.state_dir("web2").rglob("*") if case.tag in p.name]
+    # Cleanup ran although the canary failed.
+    assert states["lssd-stop"]["result"] is True
+    assert not {"tracker", "seeder"} & lssd_env.running_roles()
+
+
+def test_canary_first_then_the_rest_in_waves(lssd_env, case):
+    case.pillar(canary="web2", batch=1)
+    plan = lssd_env.orchestrate_plan()
+    assert plan["lssd-canary"]["tgt"] == "( web* ) and ( web2 )"
+    assert plan["lssd-peers"]["batch"] == "1"
+    ret = lssd_env.orchestrate()
+    states = assert_ok(ret)
+    assert sorted(minion_states(states["lssd-canary"])) == ["web2"]
+    assert sorted(minion_states(states["lssd-peers"])) == ["web1"]
+    assert states["lssd-canary"]["__run_num__"] < states["lssd-peers"]["__run_num__"]
+    records = {peer: lssd_env.call(peer, "lssd.installed", case.tag) for peer in PEERS}
+    assert records["web2"]["installed"] < records["web1"]["installed"]
+    for peer in PEERS:
+        assert case.current_of(peer) == case.tag
+
+
+def rollback_failures(ret):
+    """Per peer, the comment of its failed lssd.rollback; every peer must have failed, named."""
+    states = orchestrate_states(ret)
+    assert ret.returncode != 0 and states["lssd-rollback"]["result"] is False, states
+    for peer in PEERS:
+        assert peer in states["lssd-rollback"]["comment"], states["lssd-rollback"]["comment"]
+    failures = {}
+    for peer, results in minion_states(states["lssd-rollback"]).items():
+        (result,) = results.values()
+        assert result["result"] is False and f"on minion {peer}" in result["comment"], result
+        failures[peer] = result["comment"]
+    assert sorted(failures) == list(PEERS)
+    return failures
+
+
+def test_rollback_switches_current_with_no_download(lssd_env, case):
+    first, second = case.tags(2)
+    # A tag bump as an operator does it: pillar= of the run names the tag.
+    assert_ok(lssd_env.orchestrate(pillar={"lssd": {"tag": first}}))
+    assert_ok(lssd_env.orchestrate(pillar={"lssd": {"tag": second}}))
+    for peer in PEERS:
+        assert case.current_of(peer) == second
+        assert case.tags_in(peer) == [first, second]  # keep: 2
+    records = {peer: lssd_env.call(peer, "lssd.installed") for peer in PEERS}
+    wait_until(lambda: not lssd_env.processes(), 60, "the lingering peers to exit")
+
+    ret = lssd_env.orchestrate("lssd.orch.rollback")
+    print(ret.stdout)
+    states = assert_ok(ret)
+    for peer, results in minion_states(states["lssd-rollback"]).items():
+        (switched,) = results.values()
+        assert switched["changes"], (peer, switched)
+    for peer in PEERS:
+        assert case.current_of(peer) == first
+    # Zero bytes: no download process started, the install records are untouched.
+    assert not lssd_env.processes()
+    assert {peer: lssd_env.call(peer, "lssd.installed") for peer in PEERS} == records
+
+    # rollback_to names the tag for the whole fleet; forward again is a rollback_to as well.
+    assert_ok(lssd_env.orchestrate("lssd.orch.rollback", pillar={"lssd": {"rollback_to": second}}))
+    for peer in PEERS:
+        assert case.current_of(peer) == second
+    # Again: nothing to change.
+    ret = lssd_env.orchestrate("lssd.orch.rollback", pillar={"lssd": {"rollback_to": second}})
+    states = assert_ok(ret)
+    assert not minion_states(states["lssd-rollback"])
+
+    # Nothing before the first tag, and a tag that is not installed: each peer fails, named.
+    assert_ok(lssd_env.orchestrate("lssd.orch.rollback"))
+    ret = lssd_env.orchestrate("lssd.orch.rollback")
+    assert f"no tag older than {first}" in rollback_failures(ret)["web1"]
+    ret = lssd_env.orchestrate("lssd.orch.rollback", pillar={"lssd": {"rollback_to": "T-never"}})
+    assert "T-never is not installed" in rollback_failures(ret)["web2"]
+    assert not lssd_env.processes()
+    for peer in PEERS:
+        assert case.current_of(peer) == first
