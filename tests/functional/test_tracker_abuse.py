@@ -13,6 +13,8 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -253,6 +255,70 @@ def test_one_host_cannot_hold_more_than_its_connections(start_tracker, slowloris
     assert b"failure reason" not in answer and took < PROMPT
     connections = status(port)["connections"]
     assert connections["refused"] >= 200 - 16 and connections["open"] >= 16
+
+
+# A client of its own (not this test's process, so its work does not slow our measurements):
+# keeps CONCURRENCY announces in flight from one address until the deadline, then prints how
+# many were answered and how many connections the tracker closed unanswered.
+FLOOD = r"""
+import select, socket, sys, time, urllib.parse
+port, source, concurrency, seconds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+ep, conns, answered, cut, n = select.epoll(), {}, 0, 0, 0
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    while len(conns) < concurrency:
+        n += 1
+        query = urllib.parse.urlencode({"info_hash": bytes(range(20)), "peer_id": b"-FL0001-%012d" % n,
+                                        "port": 1024 + n % 60000, "left": 1, "compact": 1})
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", port))
+        conns[sock.fileno()] = [sock, ("GET /announce?%s HTTP/1.0\r\n\r\n" % query).encode(), b""]
+        ep.register(sock.fileno(), select.EPOLLOUT)
+    for fd, _ in ep.poll(0.2):
+        entry = conns[fd]
+        try:
+            if entry[1]:
+                entry[1] = entry[1][entry[0].send(entry[1]):]
+                if not entry[1]:
+                    ep.modify(fd, select.EPOLLIN)
+                continue
+            chunk = entry[0].recv(65536)
+            if chunk:
+                entry[2] += chunk
+                continue
+        except BlockingIOError:
+            continue
+        except OSError:
+            pass
+        if b"5:peers" in entry[2]:
+            answered += 1
+        else:
+            cut += 1
+        ep.unregister(fd)
+        conns.pop(fd)[0].close()
+print(answered, cut)
+"""
+
+
+def test_announce_flood_from_one_host_does_not_starve_another(start_tracker, state_dir):
+    port, run_dir = start_tracker(max_connections_per_ip=32)
+    tracker.allow(state_dir, INFOHASH.hex(), "Deploy1")
+    flood = subprocess.Popen([sys.executable, "-c", FLOOD, str(port), "127.0.8.9", "200", "6"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: status(port)["connections"]["accepted"] > 500, 20, "the flood to start")
+        slowest = max(timed_announce(port, n, source="127.0.0.5")[1] for n in range(20))
+        assert flood.poll() is None, "the flood ended before the measurement did"
+        out, _ = flood.communicate(timeout=30)
+    finally:
+        flood.kill()
+        flood.wait(10)
+    assert slowest < PROMPT, f"an announce took {slowest:.2f}s during the flood"
+    answered, cut = map(int, out.split())
+    assert answered > 0 and cut > 0  # it was served, up to its 32 connections at once
+    assert status(port)["connections"]["refused"] > 0
 
 
 # -- peer slots --------------------------------------------------------------------------------

@@ -609,7 +609,8 @@ def test_slice_ranks_are_capped(state_dir, clock):
     [
         pytest.param({}, "nonsense", ["remote address 'nonsense' is not an IP address"], id="bad-remote"),
         pytest.param({"port": ["6001", "6002"]}, "10.0.0.1", ["port is given 2 times"], id="port-twice"),
-        pytest.param({"info_hash": "\u20ac" * 20}, "10.0.0.1", ["info_hash", "not bytes"], id="non-byte-hash"),
+        pytest.param({"info_hash": "\u20ac" * 20}, "10.0.0.1", ["info_hash", "not bytes"],
+                     id="non-byte-hash"),
         pytest.param({"port": 6001}, "10.0.0.1", ["port", "type int", "not bytes"], id="port-not-bytes"),
     ],
 )
