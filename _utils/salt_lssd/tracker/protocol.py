@@ -71,8 +71,16 @@ def _int_setting(name, value, minimum):
 class Tracker:
     """Announce, scrape, slice and status for the torrents registered under ``state_dir``.
 
+    Settings (each also a key of the tracker's config.json): ``interval`` (s, default 10) and
+    ``min_interval`` (5) handed to peers; ``numwant_default`` (50) and ``numwant_max`` (200)
+    peers per answer; ``peer_expiry`` (s, default 3 intervals + 5) after a peer's last
+    announce; ``max_peers_per_torrent`` (20,000), ``max_peers_per_ip`` (8 per torrent, at
+    least 2), ``max_peers`` (100,000 overall) and ``max_torrents`` (1,000) bound memory;
+    ``announce_rate`` (1,000/s) is the steady announce load the interval grows to keep;
+    ``trusted_addresses`` (127.0.0.1, ::1) may list every torrent without ``admin_token``.
+
     Not thread-safe: server.py calls it from its one event-loop thread. ``clock`` (seconds,
-    monotonic) is for tests; ``admin_token`` (str) lets its holder list every torrent.
+    monotonic) is for tests.
     """
 
     def __init__(self, state_dir, interval=DEFAULT_INTERVAL, min_interval=DEFAULT_MIN_INTERVAL,
@@ -115,10 +123,6 @@ class Tracker:
         self._passkeys = {}
         self._reloaded = {}  # info_hash -> clock time of the last re-read after a bad passkey
 
-    @property
-    def max_peers_per_torrent(self):
-        return self.store.max_peers_per_torrent
-
     # -- routing --
 
     def handle(self, method, target, remote_ip, token=None):
@@ -126,7 +130,7 @@ class Tracker:
         as on the request line), the client's address and the bearer token it presented."""
         path, _, query = target.partition(b"?")
         try:
-            if method not in (b"GET", b"HEAD"):
+            if method != b"GET":  # HEAD too: an announce with its answer thrown away
                 raise Refused(
                     f"HTTP method {show(method)} is not supported; a tracker answers GET"
                 )

@@ -73,7 +73,12 @@ def _positive(name, value, kind=int):
 
 
 class Server:
-    """The tracker's HTTP server, bound and listening on ``bind``:``port`` (0: any free port)."""
+    """The tracker's HTTP server, bound and listening on ``bind``:``port`` (0: any free port).
+
+    Settings (each also a key of the tracker's config.json): ``max_connections`` (4,096, and
+    at most the open-file limit less 64), ``max_connections_per_ip`` (64) open at once,
+    ``request_timeout`` (5 s from connect to a complete request).
+    """
 
     def __init__(self, tracker, bind=DEFAULT_BIND, port=DEFAULT_PORT,
                  max_connections=DEFAULT_MAX_CONNECTIONS,
