@@ -705,6 +705,8 @@ def test_announce_and_slice_urls_come_from_one_builder():
     sliced = f"http://tracker01:8998/slice?passkey={PASSKEY}"
     assert tracker_mod.slice_url(url) == swarm.slice_url(url) == sliced
     assert torrent.check_announce_url(url) == url
+    assert tracker_mod.passkey_of(url.replace(PASSKEY, PASSKEY.upper())) == PASSKEY
+    assert tracker_mod.passkey_of(tracker_mod.announce_url("tracker01", 8998)) is None
     assert tracker_mod.announce_url("::1", 1) == "http://[::1]:1/announce"
 
 

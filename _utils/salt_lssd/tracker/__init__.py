@@ -13,6 +13,7 @@ from salt_lssd.tracker.client import (
     check_announce_url,
     fetch_slice,
     fetch_status,
+    passkey_of,
     read_admin_token,
     slice_url,
     status_url,
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_MAX_PEERS_PER_IP", "DEFAULT_MAX_PEERS_PER_TORRENT", "DEFAULT_MAX_TORRENTS",
     "DEFAULT_MIN_INTERVAL", "DEFAULT_NUMWANT", "DEFAULT_NUMWANT_MAX", "DEFAULT_PORT", "Server",
     "Tracker", "allow", "announce_url", "check_announce_url", "failure", "fetch_slice",
-    "fetch_status", "lookup", "make_server", "new_passkey", "parse_query", "read_admin_token",
-    "registered", "run", "slice_url", "status_url", "validate_infohash", "validate_passkey",
+    "fetch_status", "lookup", "make_server", "new_passkey", "parse_query", "passkey_of",
+    "read_admin_token", "registered", "run", "slice_url", "status_url", "validate_infohash",
+    "validate_passkey",
 ]

@@ -66,6 +66,13 @@ def _query_passkey(url, query):
         raise LssdError(f"tracker {url!r}: {exc}") from None
 
 
+def passkey_of(announce):
+    """The passkey (lower-case hex) an announce URL carries, or None; LssdError if the URL is
+    not one our tracker answers (see :func:`check_announce_url`)."""
+    parts = urllib.parse.urlsplit(check_announce_url(announce))
+    return _query_passkey(announce, parts.query) if parts.query else None
+
+
 def slice_url(announce):
     """Our tracker's /slice URL for a torrent announcing to ``announce`` (None if not ours),
     with the announce URL's passkey."""
