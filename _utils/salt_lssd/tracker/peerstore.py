@@ -119,9 +119,9 @@ class Swarm:
             gone += 1
         return gone
 
-    def sample(self, count, for_seeder, key, peer_id):
-        """Up to ``count`` peers from a random place in the swarm, never the requester; a
-        seeder gets leechers only.
+    def sample(self, count, for_seeder, requester):
+        """Up to ``count`` peers from a random place in the swarm, never the ``requester`` (its
+        Peer, or None if unrecorded); a seeder gets leechers only.
 
         A window of consecutive peers at a random offset (wrapping around), not ``count``
         independent draws: each peer is as likely to be chosen, and list slicing runs in C,
@@ -136,8 +136,9 @@ class Swarm:
         window = _window(pools, start, start + want)
         if start + want > total:
             window += _window(pools, 0, start + want - total)
-        chosen = [p for p in window if p.key != key and p.peer_id != peer_id]
-        return chosen[:count]
+        if requester in window:  # by identity: Peer has no __eq__
+            window.remove(requester)
+        return window[:count]
 
 
 def _window(pools, lo, hi):

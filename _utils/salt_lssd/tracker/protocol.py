@@ -275,7 +275,7 @@ class Tracker:
             peer = self.store.announce(swarm, key, ip, port, peer_id, seeder, now, expires)
             if event == "completed":
                 self.store.completed(swarm, peer)
-            chosen = swarm.sample(numwant, seeder, key, peer_id)
+            chosen = swarm.sample(numwant, seeder, peer)
         return _announce_answer(swarm, chosen, interval, self._min_interval(interval), compact,
                                 no_peer_id)
 
