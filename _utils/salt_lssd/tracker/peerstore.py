@@ -63,7 +63,8 @@ class _PeerList:
 
 
 class Swarm:
-    """The peers of one torrent."""
+    """The peers of one torrent. Change it through :class:`PeerStore`, which keeps the count
+    over all swarms that ``max_peers`` bounds."""
 
     __slots__ = ("by_ip", "completed", "leechers", "peers", "ranks", "ranks_by_ip", "seeders")
 
@@ -82,13 +83,13 @@ class Swarm:
         """(seeders, leechers, completed)."""
         return len(self.seeders.items), len(self.leechers.items), self.completed
 
-    def _add(self, peer, seeder):
+    def add(self, peer, seeder):
         self.peers[peer.key] = peer
         self.by_ip.setdefault(peer.key[0], []).append(peer)
         peer.seeder = seeder
         (self.seeders if seeder else self.leechers).add(peer)
 
-    def _remove(self, peer):
+    def remove(self, peer):
         del self.peers[peer.key]
         same_host = self.by_ip[peer.key[0]]
         same_host.remove(peer)
@@ -96,14 +97,14 @@ class Swarm:
             del self.by_ip[peer.key[0]]
         (self.seeders if peer.seeder else self.leechers).remove(peer)
 
-    def _touch(self, peer, seeder):
+    def touch(self, peer, seeder):
         self.peers.move_to_end(peer.key)
         if peer.seeder != seeder:
             (self.seeders if peer.seeder else self.leechers).remove(peer)
             peer.seeder = seeder
             (self.seeders if seeder else self.leechers).add(peer)
 
-    def _expire(self, now):
+    def expire(self, now):
         """Drop peers whose time is up, oldest announce first; returns how many.
 
         Expiry times differ a little when the interval grows with the swarm, so a peer may
@@ -115,7 +116,7 @@ class Swarm:
             oldest = next(iter(self.peers.values()))
             if oldest.expires > now:
                 break
-            self._remove(oldest)
+            self.remove(oldest)
             gone += 1
         return gone
 
@@ -181,11 +182,11 @@ class PeerStore:
     def announce(self, swarm, key, ip, port, peer_id, seeder, now, expires):
         """Record an announce; returns the Peer, or None when a cap leaves it unrecorded (the
         peer is still answered, and established peers stay)."""
-        self.total_peers -= swarm._expire(now)
+        self.total_peers -= swarm.expire(now)
         peer = swarm.peers.get(key)
         if peer is not None:
             peer.peer_id = peer_id
-            swarm._touch(peer, seeder)
+            swarm.touch(peer, seeder)
         else:
             same_host = swarm.by_ip.get(key[0])
             if same_host is not None and len(same_host) >= self.max_peers_per_ip:
@@ -195,18 +196,18 @@ class PeerStore:
             elif len(swarm.peers) >= self.max_peers_per_torrent or self.total_peers >= self.max_peers:
                 return None
             peer = Peer(key, peer_id, ip, port)
-            swarm._add(peer, seeder)
+            swarm.add(peer, seeder)
             self.total_peers += 1
         peer.expires = expires
         return peer
 
     def _drop(self, swarm, peer):
-        swarm._remove(peer)
+        swarm.remove(peer)
         self.total_peers -= 1
 
     def stopped(self, swarm, key, now):
         """A peer said goodbye (event=stopped)."""
-        self.total_peers -= swarm._expire(now)
+        self.total_peers -= swarm.expire(now)
         peer = swarm.peers.get(key)
         if peer is not None:
             self._drop(swarm, peer)
@@ -240,4 +241,4 @@ class PeerStore:
     def sweep(self, now):
         """Drop expired peers of every swarm, also those nobody announces to any more."""
         for swarm in self.swarms.values():
-            self.total_peers -= swarm._expire(now)
+            self.total_peers -= swarm.expire(now)
