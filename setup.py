@@ -4,7 +4,7 @@ The repository is a Salt file tree (the classic install: file_roots or gitfs plu
 ``saltutil.sync_all``): ``_modules/``, ``_states/``, ``_runners/`` and ``_utils/`` at the top,
 the SLS tree in ``salt/``. ``pip install .`` installs the same code as the
 ``salt_lssd`` package and registers its loader directories through the ``salt.loader`` entry
-point, so the ``lssd`` execution and state modules load with no sync.
+point, so the ``lssd`` execution, state and runner modules and grains load with no sync.
 """
 
 from setuptools import setup
@@ -16,11 +16,23 @@ setup(
     long_description=__doc__,
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=["salt_lssd", "salt_lssd.loader_modules", "salt_lssd.loader_states"],
+    packages=[
+        "salt_lssd",
+        "salt_lssd.tracker",
+        "salt_lssd.runner",
+        "salt_lssd.loader_modules",
+        "salt_lssd.loader_states",
+        "salt_lssd.loader_runners",
+        "salt_lssd.loader_grains",
+    ],
     package_dir={
         "salt_lssd": "_utils/salt_lssd",
+        "salt_lssd.tracker": "_utils/salt_lssd/tracker",
+        "salt_lssd.runner": "_utils/salt_lssd/runner",
         "salt_lssd.loader_modules": "_modules",
         "salt_lssd.loader_states": "_states",
+        "salt_lssd.loader_runners": "_runners",
+        "salt_lssd.loader_grains": "_grains",
     },
     install_requires=["libtorrent>=2.0", "pyyaml"],
     extras_require={

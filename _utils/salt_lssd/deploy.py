@@ -137,6 +137,7 @@ def _peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger
     summary["install_seconds"] = round(time.monotonic() - install_started, 3)
     inventory.record(minion, tag, summary)
     minion.fire(f"lssd/peer/{tag}/complete", summary)
+    minion._salt.get("saltutil.refresh_grains", dict)(refresh_pillar=False)  # grains lssd_current/lssd_tags
     return dict(summary, changed=True, comment=f"deployed {tag} in {summary['target']}")
 
 

@@ -1,10 +1,14 @@
-"""Salt loader entry point: ``pip install .`` makes the modules and states load with no sync."""
+"""Salt loader entry point: ``pip install .`` makes the modules, states, runners and grains
+load with no sync."""
 
 import os
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # In the repository this package sits at _utils/salt_lssd, beside _modules.
 _TREE = os.path.dirname(os.path.dirname(_HERE))
+
+# Salt's loader type -> the repository directory setup.py installs as salt_lssd.loader_<type>.
+KINDS = {"modules": "_modules", "states": "_states", "runners": "_runners", "grains": "_grains"}
 
 
 def _loader_dir(installed_name, tree_name):
@@ -17,7 +21,4 @@ def _loader_dir(installed_name, tree_name):
 
 
 def get_dirs():
-    return {
-        "modules": [_loader_dir("loader_modules", "_modules")],
-        "states": [_loader_dir("loader_states", "_states")],
-    }
+    return {kind: [_loader_dir(f"loader_{kind}", tree)] for kind, tree in KINDS.items()}

@@ -1,0 +1,151 @@
+"""
+The operator's view of salt-lssd, on the master: deploy with live progress, inventory, reports.
+
+- ``salt-run lssd.deploy``: the pipeline of ``lssd.orch.deploy`` (tracker, seeder, peers, stop)
+  driven as Salt jobs, shown live in the terminal, ending with a per-minion table;
+- ``salt-run lssd.status``: which minion holds which tag, what lssd runs where, the tracker's
+  view of each swarm;
+- ``salt-run lssd.report``: a past deploy's per-minion table, from the job cache.
+
+The run-wide keys (``tag``, ``targets``, ``batch``, ``canary``, ``timeout``, ``job_timeout``,
+``tracker:host``/``port``) come from the master's own pillar ``lssd`` (pillar id: the master's
+``id``), as for the orchestrate; keyword arguments win. Each function is an adapter: one call
+into ``salt_lssd.runner``, whose errors become Salt's.
+"""
+
+import os
+import sys
+
+try:
+    import salt_lssd
+except ImportError:
+    # Classic install (file_roots/gitfs + salt-run saltutil.sync_all): the package arrives in
+    # the master's extmods/utils beside this extmods/runners directory; in the repository it
+    # sits in _utils beside _runners.
+    _parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for _candidate in (os.path.join(_parent, "utils"), os.path.join(_parent, "_utils")):
+        if os.path.isdir(os.path.join(_candidate, "salt_lssd")) and _candidate not in sys.path:
+            sys.path.append(_candidate)
+    try:
+        import salt_lssd
+    except ImportError:
+        salt_lssd = None
+
+__virtualname__ = "lssd"
+
+
+def __virtual__():
+    if salt_lssd is None:
+        return (
+            False,
+            "lssd runner: the salt_lssd package is missing: run salt-run saltutil.sync_all "
+            "(classic install) or pip install salt-lssd into the Python that runs the master",
+        )
+    return __virtualname__
+
+
+def _call(func, *args, **kwargs):
+    """The workflow's return; an LssdError becomes a clean failure (exit code 1) naming the
+    cause, never a traceback."""
+    try:
+        return func(*args, **kwargs)
+    except salt_lssd.LssdError as exc:
+        __context__["retcode"] = 1
+        return {"result": False, "error": str(exc), "retcode": 1}
+
+
+def _overrides(kwargs):
+    """The keyword arguments of salt-run, without Salt's own (``__pub_*``)."""
+    return {k: v for k, v in kwargs.items() if not k.startswith("__") and v is not None}
+
+
+def deploy(tag=None, tgt=None, batch=None, canary=None, tracker=None, seeder=None, pillar=None, **kwargs):
+    """
+    Deploy a tag: tracker, seeder, every peer, then stop; live progress and a per-minion table.
+
+    tag
+        The deploy tag. Default: the master's pillar ``lssd:tag`` (required, no default).
+    tgt
+        Compound target of the peers. Default: the master's pillar ``lssd:targets:peer``.
+    tracker, seeder
+        Compound targets of the tracker and the seeder. Default: ``lssd:targets:tracker`` and
+        ``lssd:targets:seeder`` of the master's pillar.
+    batch
+        Deploy the peers this many (``10``) or this share (``'25%'``) at a time. Default:
+        ``lssd:batch``, else all at once.
+    canary
+        A count (the first peers by id) or a compound target: these deploy first, the rest only
+        if they all succeeded. Default: ``lssd:canary``, else none.
+    timeout, job_timeout
+        Seconds a peer's download may take, and each step's job (the peers' step: both).
+        Default: ``lssd:timeout`` (3600) and ``lssd:job_timeout`` (600).
+    pillar
+        Pillar overrides for reading the master's pillar, as in ``state.orchestrate``.
+
+    In a terminal it shows one line per phase, then the swarm's progress (peers done,
+    downloading, waiting, failed; aggregate rate; seeder upload; ETA; the slowest peers), then
+    the table. With ``--out=json`` it shows nothing but the return data. The exit code is 1 if
+    any minion failed; ``failed`` names each with its reason.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run lssd.deploy
+        salt-run lssd.deploy tag=Deploy2 tgt='web*' batch=10
+        salt-run lssd.deploy tag=Deploy2 canary=2 --out=json
+    """
+    from salt_lssd.runner import pipeline
+
+    overrides = _overrides(dict(kwargs, tag=tag, tgt=tgt, batch=batch, canary=canary, tracker=tracker, seeder=seeder))
+    ret = _call(pipeline.deploy, __opts__, pillar=pillar, **overrides)
+    if ret.get("retcode"):
+        __context__["retcode"] = ret["retcode"]
+    return ret
+
+
+def status(tgt="*", timeout=60):
+    """
+    Inventory: per minion the ``current`` tag, the installed tags and the running lssd
+    roles; per tracker the swarm of each tag (seeders, leechers, completed).
+
+    tgt
+        Compound target of the minions to ask. Default: all.
+    timeout
+        Seconds to wait for the minions. Default: 60.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run lssd.status
+        salt-run lssd.status tgt='web*'
+    """
+    from salt_lssd.runner import inventory
+
+    return _call(inventory.status, __opts__, tgt=str(tgt), timeout=float(timeout))
+
+
+def report(jid=None, tag=None):
+    """
+    The per-minion table of a past deploy, from the master's job cache.
+
+    jid
+        The job id of a ``salt-run lssd.deploy`` run, or of a peer job it (or the orchestrate)
+        started.
+    tag
+        Instead of ``jid``: the newest deploy of this tag.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run lssd.report tag=Deploy2
+        salt-run lssd.report jid=20261201012345678901
+    """
+    from salt_lssd.runner import report as past
+
+    ret = _call(past.report, __opts__, jid=jid, tag=tag)
+    if ret.get("failed"):
+        __context__["retcode"] = 1
+    return ret

@@ -1,0 +1,214 @@
+"""``salt-run lssd.deploy``: the pipeline of ``lssd.orch.deploy``, driven as Salt jobs.
+
+1. the tracker starts on ``targets:tracker`` (``lssd.tracker_running``);
+2. the seeder packs, seeds and publishes the tag (``lssd.seeding``);
+3. the tracker registers the torrent (``lssd.tracker_allow``);
+4. the canary peers, if any, deploy first (``lssd.deployed``); the rest only if they all
+   succeeded, ``batch`` at a time;
+5. seeding and the tracker stop, whatever happened before.
+
+Every step is an ``lssd`` state given as data (``state.high``) or an ``lssd.*`` function,
+never an SLS file, so a ``pip`` install with no file_roots runs it as well as the classic one.
+(``state.single`` would be the obvious call, but it hands ``pillar=`` on to the state function,
+which refuses it.) Roles get only the run-wide
+pillar (tag, tracker address, run id); the rest each minion reads from its own pillar.
+"""
+
+from salt_lssd import LssdError
+from salt_lssd.runner import table
+from salt_lssd.runner.display import Display, mode_for
+from salt_lssd.runner.jobs import Bus, succeeded
+from salt_lssd.runner.settings import batch_size, master_pillar, run_settings
+from salt_lssd.runner.view import SwarmView
+
+SEEDER_POLL = 5.0
+
+
+def deploy(opts, display=None, pillar=None, **overrides):
+    """Run one deploy; the return data has the per-minion rows and ``retcode`` 1 on failure."""
+    settings = run_settings(master_pillar(opts, pillar), opts["id"], overrides)
+    bus = Bus(opts)
+    try:
+        return Deploy(bus, display or Display(mode_for(opts)), settings).execute()
+    finally:
+        bus.close()
+
+
+class Deploy:
+    def __init__(self, bus, display, settings):
+        self.bus = bus
+        self.display = display
+        self.settings = settings
+        self.tag = settings["tag"]
+        self.pillar = {"pillar": settings["run_pillar"]}
+        self.job_timeout = settings["job_timeout"]
+        self.view = SwarmView(self.tag)
+        self.rows = {}
+        self.out = {"tag": self.tag, "result": True, "phases": {}, "minions": self.rows, "jids": {}}
+        self._seeder_poll = None
+
+    def _targets(self):
+        found = {}
+        for role in ("tracker", "seeder", "peer"):
+            expr = self.settings[f"targets:{role}"]
+            found[role] = self.bus.minions(expr)
+            if not found[role]:
+                raise LssdError(
+                    f"lssd:targets:{role} {expr!r} matches no minion the master knows (an accepted "
+                    f"key with cached grains); check it with salt -C {expr!r} test.ping"
+                )
+        return found
+
+    def execute(self):
+        targets = self._targets()
+        self.display.phase("deploy", f"tag {self.tag}: tracker {', '.join(targets['tracker'])}, "
+                                     f"seeder {', '.join(targets['seeder'])}, {len(targets['peer'])} peers")
+        try:
+            if (self._step("tracker", targets["tracker"], "state.high", [high("tracker_running", "lssd-tracker")])
+                    and self._step("seeder", targets["seeder"], "state.high", [high("seeding", self.tag)])
+                    and self._step("allow", targets["tracker"], "lssd.tracker_allow", [self.tag], kwarg={})):
+                self._peers(targets)
+        finally:
+            self._stop(targets)
+        return self._finish()
+
+    def _step(self, name, minions, fun, arg, kwarg=None):
+        """One control step on ``minions``: wait for all, record it, say how it went."""
+        returns = self.bus.run(minions, fun, arg, kwarg if kwarg is not None else self.pillar, self.job_timeout)
+        outcome = {m: succeeded(returns[m]) for m in minions}
+        failed = {m: reason for m, (ok, reason) in outcome.items() if not ok}
+        self.out["phases"][name] = {"result": not failed, "minions": sorted(minions), "failed": failed}
+        if failed:
+            self.out["result"] = False
+            for minion, reason in failed.items():
+                self.display.phase(name, f"FAILED on {minion}: {reason}")
+        else:
+            self.display.phase(name, f"ok on {', '.join(minions)}: {_comment(returns[minions[0]])}")
+        return not failed
+
+    def _stop(self, targets):
+        jobs = [self.bus.publish(targets["seeder"], "lssd.seed_stop", [self.tag], timeout=self.job_timeout),
+                self.bus.publish(targets["tracker"], "lssd.tracker_stop", timeout=self.job_timeout)]
+        self.bus.wait(jobs)
+        failed = {m: reason for job in jobs for m, (ok, reason) in
+                  ((m, succeeded(r)) for m, r in job.returns.items()) if not ok}
+        self.out["phases"]["stop"] = {"result": not failed, "failed": failed}
+        self.display.phase("stop", "seeder and tracker stopped" if not failed else f"FAILED: {failed}")
+
+    def _peers(self, targets):
+        peers = targets["peer"]
+        self.view.add(peers)
+        canary = self._canary(peers)
+        waves = [canary, [p for p in peers if p not in canary]] if canary else [peers]
+        self.display.phase("peers", f"{len(peers)} peers" + (f", canary first: {', '.join(canary)}" if canary else "")
+                           + (f", batch {self.settings['batch']}" if self.settings.get("batch") else ""))
+        self.bus.listeners.append(self.view.on_event)
+        self.bus.ticks.append(self._tick)
+        try:
+            for number, wave in enumerate(w for w in waves if w):
+                if not self._wave(wave) and canary and number == 0:
+                    for minion in waves[1]:
+                        self.view.finished(minion, False, "not deployed: a canary failed")
+                        self.rows[minion] = table.row(minion, False, "not deployed: a canary failed")
+                    break
+        finally:
+            self.bus.ticks.remove(self._tick)
+            self.display.end_swarm(self.view)
+
+    def _canary(self, peers):
+        canary = self.settings.get("canary")
+        if canary in (None, ""):
+            return []
+        if isinstance(canary, int) or str(canary).strip().isdigit():
+            count = int(str(canary).strip())
+            if count < 1:
+                raise LssdError(f"lssd:canary {canary!r} must be a count of 1 or more, or a compound target")
+            return peers[:count]
+        chosen = self.bus.minions(f"( {self.settings['targets:peer']} ) and ( {canary} )")
+        if not chosen:
+            raise LssdError(f"lssd:canary {canary!r} matches none of the peers of lssd:targets:peer")
+        return chosen
+
+    def _wave(self, minions):
+        """Deploy ``minions``, ``batch`` of them at a time (a sliding window, as Salt's batch)."""
+        size = batch_size(self.settings.get("batch"), len(minions))
+        queue, jobs = list(minions), []
+        timeout = self.settings["timeout"] + self.job_timeout
+
+        def running():
+            return sum(len(job.waiting) for job in jobs)
+
+        while queue or running():
+            if queue and running() < size:
+                take = size - running()
+                jobs.append(self.bus.publish(queue[:take], "state.high", [high("deployed", self.tag)],
+                                             self.pillar, timeout, on_return=self._peer_returned))
+                self.out["jids"].setdefault("peers", []).append(jobs[-1].jid)
+                del queue[:take]
+            self.bus.wait([j for j in jobs if j.waiting], until=lambda: queue and running() < size)
+        return all(self.rows[m]["result"] != "failed" for m in minions)
+
+    def _peer_returned(self, minion, data):
+        ok, reason = succeeded(data)
+        peer = self.view.peers.get(minion)
+        if not ok and peer is not None and peer.reason and data.get("missing"):
+            reason = f"{reason}; last event: {peer.reason}"
+        self.view.finished(minion, ok, reason)
+        self.rows[minion] = table.from_return(minion, ok, reason, data, summary=peer.summary if peer else None)
+        self.display.swarm(self.view, force=True)
+
+    def _tick(self):
+        self.display.swarm(self.view)
+        job = self._seeder_poll
+        if job is None or (not job.waiting and _age(job) >= SEEDER_POLL):
+            seeders = self.out["phases"]["seeder"]["minions"]
+            self._seeder_poll = self.bus.publish(seeders, "lssd.status", timeout=30, on_return=self._seeder_status)
+            self._seeder_poll.published = _now()
+
+    def _seeder_status(self, minion, data):
+        processes = (data.get("return") or {}).get("processes") if isinstance(data.get("return"), dict) else None
+        for process in processes or []:
+            if process.get("role") == "seeder" and process.get("tag") == self.tag:
+                self.view.seeder_upload = process.get("upload_rate") or 0
+
+    def _finish(self):
+        failed = {m: row["reason"] for m, row in self.rows.items() if row["result"] == "failed"}
+        failed.update({f"{m} ({phase})": reason for phase, body in self.out["phases"].items()
+                       for m, reason in body.get("failed", {}).items()})
+        self.out["failed"] = failed
+        self.out["result"] = self.out["result"] and not failed
+        self.out["retcode"] = 0 if self.out["result"] else 1
+        if self.rows:
+            self.display.lines([""] + table.render(self.rows) + [""])
+        self.display.phase("result", f"{self.tag}: " + ("every peer deployed" if self.out["result"] else
+                           "FAILED: " + "; ".join(f"{m}: {r}" for m, r in sorted(failed.items()))))
+        done = [m for m, row in self.rows.items() if row["result"] == "ok"]
+        if done:
+            # Targeting by the new tag (salt -G 'lssd_current:<tag>') works right away.
+            self.bus.publish(done, "saltutil.refresh_grains", kwarg={"refresh_pillar": False}, timeout=30)
+        return self.out
+
+
+def high(state, name):
+    """High data of one ``lssd.<state>`` named ``name``, for ``state.high``."""
+    return {name: {"lssd": [state, {"name": name}], "__sls__": "lssd.runner", "__env__": "base"}}
+
+
+def _comment(ret):
+    value = ret.get("return")
+    if isinstance(value, dict):
+        states = [s for s in value.values() if isinstance(s, dict) and "comment" in s]
+        if states:
+            return str(states[0]["comment"]).splitlines()[0]
+        return str(value.get("comment") or "done")
+    return str(value)
+
+
+def _now():
+    import time
+
+    return time.monotonic()
+
+
+def _age(job):
+    return _now() - getattr(job, "published", 0)

@@ -1,0 +1,34 @@
+"""What a minion holds, as grains: the tags lssd installed and the tag ``current`` points to.
+
+Grains modules get the minion's options but neither ``__salt__`` nor pillar, so the state
+directory is ``lssd:state_dir`` of the minion config, else ``<cachedir>/lssd`` -- where the
+install records (``installed/<tag>.json``) are. A deploy with ``lssd:state_dir`` set only in
+pillar is not seen here.
+"""
+
+import os
+import types
+
+from salt_lssd import inventory, releases
+from salt_lssd.common import Layout
+
+
+def state_dir(opts):
+    configured = (opts.get("lssd") or {}).get("state_dir") if isinstance(opts.get("lssd"), dict) else None
+    return configured or os.path.join(opts.get("cachedir") or "", "lssd")
+
+
+def grains(opts):
+    """``lssd_tags`` (sorted) and ``lssd_current`` (the tag a symlink beside the installed tags
+    points to; a list when several destinations point to different tags)."""
+    records = inventory.installed(types.SimpleNamespace(layout=Layout(state_dir(opts))))
+    if not records:
+        return {}
+    current = set()
+    for tag, record in records.items():
+        if releases.links_to(os.path.dirname(os.path.normpath(record["target"])), tag):
+            current.add(tag)
+    found = {"lssd_tags": sorted(records)}
+    if current:
+        found["lssd_current"] = current.pop() if len(current) == 1 else sorted(current)
+    return found
