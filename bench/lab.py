@@ -12,22 +12,32 @@ egress is the host's upload, the bridge-side end's egress is its download). htb 
 Ethernet frames, so with a 1500-byte MTU at most 1448/1514 = 0.956 of the cap is TCP payload.
 The leaf queue is a byte FIFO of ``queue_ms`` worth of the rate (at least 128 KiB): a switch
 port's buffer, instead of htb's default 1000-packet FIFO, which with TSO-sized packets can hold
-seconds of traffic and hides request latency behind bufferbloat. Much shallower (20 ms, 64 KiB
-at 20 Mbit/s) dropped enough to stall the swarm for seconds.
+seconds of traffic and hides request latency behind bufferbloat (bench/README.md, "The lab",
+says what shallower queues did).
+
+The kernel keeps one ARP table for all namespaces, sized by the initial namespace's
+``gc_thresh`` sysctls (1024 entries at most by default): a lab where every host talks to every
+other needs about N^2 entries, so :meth:`Lab.up` raises the limits for the lab's lifetime and
+:meth:`Lab.close` puts them back.
 """
 
+import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
 
+import cluster
+
 PREFIX = "lssdb"
 CPUACCT = "/sys/fs/cgroup/cpuacct"
 NET = "198.18.0.0/15"
+NEIGH = "/proc/sys/net/ipv4/neigh/default/gc_thresh"
+
+
 def framing(mtu=1500):
     """TCP payload per byte htb counts: a frame is MTU + 14 bytes of Ethernet header and carries
     MTU - 52 bytes of payload (IP 20, TCP 20, timestamps 12): 0.956 at MTU 1500."""
@@ -51,8 +61,12 @@ def sh(*argv, check=True, capture=False, timeout=60):
 
 
 def address(index):
-    """198.18.0.1 for host 0, then upwards; a /15 has room for any lab this machine can run."""
-    return f"198.18.{index // 250}.{index % 250 + 1}"
+    """198.18.0.1 for host 0, then upwards, 250 to a /24, through 198.19.255.250: every host is in
+    the /15 the hosts are configured with, whatever N."""
+    third, last = divmod(index, 250)
+    if index < 0 or third >= 512:
+        raise ValueError(f"host index {index} does not fit in {NET}")
+    return f"198.{18 + third // 256}.{third % 256}.{last + 1}"
 
 
 def check_environment():
@@ -87,6 +101,7 @@ class Lab:
         # A cpuacct cgroup holding every process the lab starts: the CPU the lab itself used,
         # apart from whatever else runs on the machine (None where cgroup v1 cpuacct is absent).
         self.cgroup = None
+        self.neigh_saved = None  # the gc_thresh values up() raised, put back by close()
         if len(self.veth(hosts)) > 15:
             raise ValueError(f"interface name {self.veth(hosts)!r} is longer than 15 characters")
 
@@ -111,6 +126,7 @@ class Lab:
             self.cgroup = group
         except OSError:
             self.cgroup = None
+        self.raise_neigh_limits()
         sh("ip", "link", "add", "name", self.bridge, "type", "bridge")
         self.up_done = True
         _write(f"/proc/sys/net/ipv6/conf/{self.bridge}/disable_ipv6", "1")
@@ -137,6 +153,30 @@ class Lab:
         self.cc = sh("ip", "netns", "exec", self.ns(0), "sysctl", "-n", "net.ipv4.tcp_congestion_control",
                      capture=True).strip()
 
+    def raise_neigh_limits(self):
+        """Room in the kernel's one ARP table for every host to know every other, twice over."""
+        hosts = self.peers + 1
+        want = {1: hosts * hosts, 2: 2 * hosts * hosts, 3: 4 * hosts * hosts}
+        saved = {}
+        for level, value in want.items():
+            try:
+                with open(f"{NEIGH}{level}") as fh:
+                    current = int(fh.read())
+            except (OSError, ValueError):
+                return
+            if current < value:
+                saved[level] = current
+        if saved:
+            # gc_thresh1 <= 2 <= 3 must hold at every step: raise the top one first.
+            for level in sorted(saved, reverse=True):
+                _write(f"{NEIGH}{level}", str(want[level]))
+            self.neigh_saved = saved
+
+    def restore_neigh_limits(self):
+        for level in sorted(self.neigh_saved or {}):
+            _write(f"{NEIGH}{level}", str(self.neigh_saved[level]))
+        self.neigh_saved = None
+
     def _shape(self, where, dev, rate_mbit):
         # quantum: one class only, so any value works; set it to keep tc from warning.
         sh("tc", *where, "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1")
@@ -149,32 +189,26 @@ class Lab:
 
     def wait_reachable(self, timeout=30):
         """Until host 0 answers a ping from the last host (the bridge forwards after it learns)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            # No ping on this machine: a refused TCP connection (RST) proves the path works.
-            probe = ("import socket,sys\ns=socket.socket();s.settimeout(1)\n"
-                     "try: s.connect((sys.argv[1],9))\nexcept ConnectionRefusedError: sys.exit(0)\n"
-                     "except OSError: sys.exit(1)\n")
-            if sh("ip", "netns", "exec", self.ns(self.peers), sys.executable, "-c", probe, self.addr(0),
-                  check=False) == 0:
-                return
-            time.sleep(0.2)
-        raise RuntimeError("lab hosts cannot reach host 0 over the bridge")
+        # No ping on this machine: a refused TCP connection (RST) proves the path works.
+        cluster.wait_for(lambda: self.connect(self.peers, 0, 9) in ("open", "refused"), timeout,
+                         "the lab hosts to reach host 0 over the bridge", interval=0.2)
+
+    def connect(self, index, to, port):
+        """Try a TCP connection from host ``index`` to host ``to``'s ``port``: ``open``,
+        ``refused`` or ``unreachable``."""
+        probe = ("import socket,sys\ns=socket.socket();s.settimeout(1)\n"
+                 "try: s.connect((sys.argv[1],int(sys.argv[2])))\n"
+                 "except ConnectionRefusedError: sys.exit(2)\n"
+                 "except OSError: sys.exit(1)\n")
+        code = sh(*self.exec_argv(index, [sys.executable, "-c", probe, self.addr(to), port]), check=False)
+        return {0: "open", 2: "refused"}.get(code, "unreachable")
 
     def exec_argv(self, index, argv):
         return ["ip", "netns", "exec", self.ns(index), *[str(a) for a in argv]]
 
     def popen(self, index, argv, log=None, env=None):
-        out = open(log, "ab") if log else subprocess.DEVNULL
-        try:
-            proc = subprocess.Popen(
-                self.exec_argv(index, argv), stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd="/",
-                preexec_fn=self._join_cgroup if self.cgroup else None,
-            )
-        finally:
-            if log:
-                out.close()
+        proc = cluster.start(self.exec_argv(index, argv), log, env=env,
+                             preexec_fn=self._join_cgroup if self.cgroup else None)
         self.processes.append(proc)
         return proc
 
@@ -203,19 +237,7 @@ class Lab:
         return _class_bytes([], self.veth(index))
 
     def kill_processes(self):
-        for proc in self.processes:
-            if proc.poll() is None:
-                _killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for proc in self.processes:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _killpg(proc.pid, signal.SIGKILL)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
+        cluster.stop(self.processes, timeout=5)
         self.processes = []
         # Whatever else lives in our namespaces (daemonised children) is ours too.
         for ns in self.namespaces:
@@ -234,40 +256,24 @@ class Lab:
             if self.cgroup:
                 _remove_cgroup(self.cgroup)
                 self.cgroup = None
+            self.restore_neigh_limits()
 
 
 def _remove_cgroup(path):
     # Processes still in it (none should be) go back to the root group first.
-    try:
+    with contextlib.suppress(OSError):
         with open(os.path.join(path, "cgroup.procs")) as fh:
             pids = fh.read().split()
         for pid in pids:
-            with open(os.path.join(os.path.dirname(path), "cgroup.procs"), "w") as fh:
-                fh.write(pid)
-    except OSError:
-        pass
-    try:
+            _write(os.path.join(os.path.dirname(path), "cgroup.procs"), pid)
+    with contextlib.suppress(OSError):
         os.rmdir(path)
-    except OSError:
-        pass
 
 
 def _write(path, value):
-    try:
-        with open(path, "w") as fh:
-            fh.write(value)
-    except OSError:
-        pass
-
-
-def _killpg(pid, sig):
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+    """Write a kernel setting; one this kernel lacks or refuses is left as it is."""
+    with contextlib.suppress(OSError), open(path, "w") as fh:
+        fh.write(value)
 
 
 def _class_bytes(where, dev):
@@ -276,24 +282,14 @@ def _class_bytes(where, dev):
     return int(match.group(1)) if match else 0
 
 
-def kill_namespace_pids(ns, grace=3.0):
+def namespace_pids(ns):
     out = subprocess.run(["ip", "netns", "pids", ns], stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True).stdout
-    pids = [int(p) for p in out.split() if p.isdigit()]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if os.path.exists(f"/proc/{p}")]
-        time.sleep(0.1)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def kill_namespace_pids(ns, grace=3.0):
+    cluster.kill_all(lambda: namespace_pids(ns), grace)
 
 
 def _alive(pid):

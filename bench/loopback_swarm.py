@@ -18,15 +18,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "_utils"))
 
+from lab import CpuSampler  # noqa: E402  (bench/lab.py, beside this file)
 from salt_lssd import common, procs, tracker  # noqa: E402
 from salt_lssd import torrent as metainfo  # noqa: E402
-
-
-def cpu_times():
-    with open("/proc/stat") as fh:
-        fields = [int(x) for x in fh.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
 
 
 def main():
@@ -59,7 +53,7 @@ def main():
         run = seeder.run_dir("seeder", "Bench1")
         run_dirs.append(run)
         procs.spawn("seeder", run, {"torrent": made["torrent"], "save_path": seeder.archives, "tag": "Bench1"})
-        busy0, total0 = cpu_times()
+        busy0, total0, _ = CpuSampler.read()
         start = time.time()
         peers = []
         for i in range(args.peers):
@@ -82,7 +76,7 @@ def main():
                 if run not in finished and st.get("finished"):
                     finished[run] = st["finished"]
             time.sleep(0.2)
-        busy1, total1 = cpu_times()
+        busy1, total1, _ = CpuSampler.read()
         if len(finished) < len(peers):
             print(f"only {len(finished)} of {len(peers)} peers finished within {args.timeout}s")
             return 1

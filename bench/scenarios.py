@@ -27,13 +27,18 @@ import sys
 import threading
 import time
 
+import cluster
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, os.path.join(REPO, "_utils"))
 
+from salt_lssd import common  # noqa: E402
+
 TRACKER_PORT = 8998
 TORRENT_PORT = 6881
 HTTP_PORT = 8000
+SALT_RET_PORT = 4506  # Salt's default: the lab's master has host 0 to itself
 
 
 class ScenarioError(Exception):
@@ -91,12 +96,13 @@ class Context:
 
     def timeout(self, swarm=False):
         """Give-up time for one scenario: 3x the time one central server would need + 2 min, or
-        for a swarm (lssd, swarm) 10x the time one copy takes over one link + 2 min, so a stuck
-        swarm does not hold a grid for half an hour."""
+        for a swarm (lssd, swarm) 10x the time one copy takes over one link + 2 min + 2 s per
+        peer (Salt starts a job per peer, about a CPU-second each on the lab's shared cores), so
+        a stuck swarm does not hold a grid for half an hour."""
         lab = self.lab
         one = self.size * 8 / (min(lab.seeder_rate_mbit, lab.rate_mbit) * 1e6)
         if swarm:
-            return 10 * one + 120
+            return 10 * one + 120 + 2 * lab.peers
         return 3 * lab.peers * one + 120
 
 
@@ -112,24 +118,18 @@ def proc_cpu(pid):
 
 
 def read_state(run_dir):
-    try:
-        with open(os.path.join(run_dir, "state.json")) as fh:
-            return json.load(fh)
-    except (FileNotFoundError, ValueError):
-        return {}
+    """What the role in ``run_dir`` last reported (its state.json), {} before its first report."""
+    return common.read_json(os.path.join(run_dir, "state.json"), default={}) or {}
 
 
 def write_config(run_dir, config):
-    os.makedirs(run_dir, exist_ok=True)
+    """``run_dir`` as ``procs.spawn`` prepares it, for a role the lab starts in a namespace
+    itself: config.json written, and no pidfile or state.json of an earlier run."""
+    common.ensure_dir(run_dir)
     for stale in ("pid", "state.json"):
-        try:
+        if os.path.exists(os.path.join(run_dir, stale)):
             os.unlink(os.path.join(run_dir, stale))
-        except FileNotFoundError:
-            pass
-    tmp = os.path.join(run_dir, ".config.json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(config, fh)
-    os.replace(tmp, os.path.join(run_dir, "config.json"))
+    common.write_json_atomic(os.path.join(run_dir, "config.json"), config)
 
 
 def wait_state(run_dir, proc, ok, timeout=60, what="process"):
@@ -144,24 +144,6 @@ def wait_state(run_dir, proc, ok, timeout=60, what="process"):
             raise ScenarioError(f"{what} exited ({proc.returncode}) before it was ready; log: {run_dir}/log")
         time.sleep(0.05)
     raise ScenarioError(f"{what} not ready after {timeout}s; log: {run_dir}/log")
-
-
-def stop(procs, timeout=10):
-    for proc in procs:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, 15)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, 9)
-            except ProcessLookupError:
-                pass
 
 
 # -- swarm -------------------------------------------------------------------------------------
@@ -292,7 +274,7 @@ def swarm(ctx):
             extra["failed"] = {str(k): v for k, v in failed.items()}
         return Outcome(t0, done, extra, t_end=t_end)
     finally:
-        stop(started[::-1])
+        cluster.stop(started[::-1])
         if not ctx.args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -341,16 +323,12 @@ def http(ctx):
                 done[index] = None
         return Outcome(t0, {i: done.get(i) for i in dests})
     finally:
-        stop(clients + [server])
+        cluster.stop(clients + [server])
         if not ctx.args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
 
 # -- Salt --------------------------------------------------------------------------------------
-
-
-def _yaml(data):
-    return json.dumps(data, indent=1)  # JSON is YAML
 
 
 class SaltCluster:
@@ -363,24 +341,14 @@ class SaltCluster:
         self.root = ctx.dir("salt")
         self.srv = ctx.dir("salt", "srv")
         self.pillar = ctx.dir("salt", "pillar")
-        self.master_dir = ctx.dir("salt", "master")
-        self.bin = os.path.dirname(ctx.python)
+        self.master_conf = None  # the master's config directory, once written
         self.minions = {f"peer{i}": i for i in range(1, self.lab.peers + 1)}
         if seeder_minion:
             self.minions["seed0"] = 0
         self.procs = []
 
-    def _paths(self, base):
-        return {
-            "root_dir": base,
-            "pki_dir": os.path.join(base, "pki"),
-            "cachedir": os.path.join(base, "cache"),
-            "sock_dir": os.path.join(base, "sock"),
-            "log_file": os.path.join(base, "log"),
-            "pidfile": os.path.join(base, "pid"),
-            "user": "root",
-            "log_level_logfile": "warning",
-        }
+    def minion_root(self, mid):
+        return os.path.join(self.root, mid)
 
     def start(self):
         lab = self.lab
@@ -388,62 +356,43 @@ class SaltCluster:
         link = os.path.join(self.srv, "bench", "payload")
         if not os.path.exists(link):
             os.link(self.ctx.payload, link)
-        master = self._paths(self.master_dir)
-        master.update({
-            "interface": lab.addr(0),
-            "auto_accept": True,
-            "key_logfile": os.path.join(self.master_dir, "key.log"),
-            "file_roots": {"base": [self.srv, os.path.join(REPO, "salt")]},
-            "pillar_roots": {"base": [self.pillar]},
-            "fileserver_backend": ["roots"],
-            "enable_fqdns_grains": False,
+        master_root = os.path.join(self.root, "master")
+        self.master_conf = cluster.write_master(
+            master_root, [self.srv, os.path.join(REPO, "salt")], [self.pillar],
+            interface=lab.addr(0),
             # All hosts share 2 cores: while a large swarm saturates them the master answers
-            # late, and at N=32 the orchestration's publish timed out after the default 5 s
-            # ("Salt request timed out. The master is not responding").
-            "timeout": 60,
-            "gather_job_timeout": 60,
-        })
-        with open(os.path.join(self.master_dir, "master"), "w") as fh:
-            fh.write(_yaml(master))
-        self.procs.append(lab.popen(0, [os.path.join(self.bin, "salt-master"), "-c", self.master_dir,
-                                        "-l", "warning"], os.path.join(self.master_dir, "stdout")))
-        time.sleep(2)
+            # late, and Salt's default 5 s publish timeout then reports minions missing.
+            timeout=60,
+            gather_job_timeout=60,
+        )
+        self.procs.append(lab.popen(0, cluster.salt_argv("salt-master", self.master_conf, "-l", "warning"),
+                                    os.path.join(master_root, "stdout")))
+        try:
+            cluster.wait_for(lambda: lab.connect(0, 0, SALT_RET_PORT) == "open", 60,
+                             "the salt-master to listen")
+        except TimeoutError as exc:
+            raise ScenarioError(f"{exc}; log: {master_root}/master.log") from None
         for mid, index in self.minions.items():
-            base = self.ctx.dir("salt", mid)
-            conf = self._paths(base)
-            conf.update({
-                "id": mid,
-                "master": lab.addr(0),
-                "acceptance_wait_time": 1,
-                "random_reauth_delay": 0,
-                "enable_fqdns_grains": False,
-                "grains_cache": True,
-            })
-            with open(os.path.join(base, "minion"), "w") as fh:
-                fh.write(_yaml(conf))
-            self.procs.append(lab.popen(index, [os.path.join(self.bin, "salt-minion"), "-c", base,
-                                                "-l", "warning"], os.path.join(base, "stdout"), self.ctx.env()))
+            root = self.minion_root(mid)
+            conf = cluster.write_minion(root, mid, lab.addr(0), grains_cache=True)
+            self.procs.append(lab.popen(index, cluster.salt_argv("salt-minion", conf, "-l", "warning"),
+                                        os.path.join(root, "stdout"), self.ctx.env()))
         self.wait_minions()
 
     def wait_minions(self, timeout=None):
         timeout = timeout or 60 + 5 * len(self.minions)
-        deadline = time.monotonic() + timeout
-        seen = set()
-        while time.monotonic() < deadline:
-            for line in self.job("*", "test.ping", [], timeout=10):
-                seen.add(line["minion"])
-            if set(self.minions) <= seen:
-                return
-            time.sleep(1)
-        raise ScenarioError(
-            f"minions {sorted(set(self.minions) - seen)} did not answer test.ping within {timeout:.0f}s; "
-            f"logs under {self.root}"
-        )
+        try:
+            cluster.wait_minions(self.ping, self.minions, timeout)
+        except TimeoutError as exc:
+            raise ScenarioError(f"{exc}; logs under {self.root}") from None
+
+    def ping(self):
+        return {line["minion"] for line in self.job("*", "test.ping", [], timeout=10)}
 
     def job(self, tgt, fun, args, timeout=30, on_line=None):
         """Run ``fun`` on ``tgt`` through the master; return one dict per minion return, each with
         the wall time it reached the master."""
-        cmd = self.lab.exec_argv(0, [self.ctx.python, os.path.join(BENCH, "_saltjob.py"), self.master_dir,
+        cmd = self.lab.exec_argv(0, [self.ctx.python, os.path.join(BENCH, "_saltjob.py"), self.master_conf,
                                      tgt, fun, json.dumps(args), timeout])
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True, env=self.ctx.env())
@@ -464,30 +413,30 @@ class SaltCluster:
         return lines
 
     def run(self, fun, args, timeout):
-        cmd = self.lab.exec_argv(0, [os.path.join(self.bin, "salt-run"), "-c", self.master_dir,
-                                     "--out=json", "--timeout", int(timeout), fun, *args])
+        cmd = self.lab.exec_argv(0, cluster.salt_argv("salt-run", self.master_conf, "--out=json",
+                                                      "--timeout", int(timeout), fun, *args))
         return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               timeout=timeout + 60, env=self.ctx.env())
 
     def stop(self):
-        stop(self.procs[::-1], timeout=15)
+        cluster.stop(self.procs[::-1], timeout=15)
         self.procs = []
 
 
 def salt_cluster(ctx):
     if ctx.salt is None:
         wants_lssd = "lssd" in ctx.args.scenarios
-        cluster = SaltCluster(ctx, seeder_minion=wants_lssd)
-        ctx.salt = cluster
-        ctx.log(f"starting salt-master and {len(cluster.minions)} minions")
-        cluster.start()
+        salt = SaltCluster(ctx, seeder_minion=wants_lssd)
+        ctx.salt = salt
+        ctx.log(f"starting salt-master and {len(salt.minions)} minions")
+        salt.start()
     return ctx.salt
 
 
 def saltfs(ctx):
-    cluster = salt_cluster(ctx)
+    salt = salt_cluster(ctx)
     dests = {}
-    for mid, index in cluster.minions.items():
+    for mid, index in salt.minions.items():
         if index:
             dests[mid] = os.path.join(ctx.dir("saltfs", mid), "payload")
     done = {}
@@ -495,12 +444,12 @@ def saltfs(ctx):
     # One job to every peer minion at once; cp.get_file renders dest with Jinja, so each minion
     # writes into its own directory.
     dest = os.path.join(ctx.workdir, "saltfs", "{{ grains['id'] }}", "payload")
-    lines = cluster.job("peer*", "cp.get_file", {"arg": ["salt://bench/payload", dest],
+    lines = salt.job("peer*", "cp.get_file", {"arg": ["salt://bench/payload", dest],
                                                   "kwarg": {"template": "jinja"}},
                         timeout=ctx.timeout())
     ctx.finish()
     for line in lines:
-        index = cluster.minions.get(line["minion"])
+        index = salt.minions.get(line["minion"])
         path = dests.get(line["minion"])
         ok = line.get("ret") and path and os.path.exists(path) and os.path.getsize(path) == ctx.size
         done[index] = line["t"] if ok else None
@@ -518,7 +467,7 @@ def lssd(ctx):
             f"{orch} does not exist yet: the lssd scenario needs the state tree salt/lssd/ "
             "(lssd.orch.deploy); run the other scenarios meanwhile"
         )
-    cluster = salt_cluster(ctx)
+    salt = salt_cluster(ctx)
     LSSD_TAG_COUNTER[0] += 1
     tag = f"Bench{os.getpid()}x{LSSD_TAG_COUNTER[0]}"
     build = ctx.dir("lssd", "build")
@@ -526,42 +475,32 @@ def lssd(ctx):
     if not os.path.exists(link):
         os.link(ctx.payload, link)
     dest_root = ctx.dir("lssd", "dest")
-    # The orchestration hands the master's pillar lssd to every role, keys the master does not
-    # set keep each minion's own value: so destination_path (per minion here, as all hosts share
-    # one file system) is set for the minions only.
-    pillar = {
-        "lssd": {
-            "tag": tag,
-            "seeder_files_path": build,
-            "compression": "none",
-            "linger": 30,
-            "timeout": int(ctx.timeout(swarm=True)),
-            "tracker": {"host": ctx.lab.addr(0), "port": TRACKER_PORT},
-            "targets": {"tracker": "seed0", "seeder": "seed0", "peer": "peer*"},
-        }
+    lssd_pillar = {
+        "tag": tag,
+        "seeder_files_path": build,
+        "compression": "none",
+        "linger": 30,
+        "timeout": int(ctx.timeout(swarm=True)),
+        "tracker": {"host": ctx.lab.addr(0), "port": TRACKER_PORT},
+        "targets": {"tracker": "seed0", "seeder": "seed0", "peer": "peer*"},
     }
     if ctx.args.settings:
-        pillar["lssd"]["libtorrent_settings"] = ctx.args.settings
-    with open(os.path.join(cluster.pillar, "top.sls"), "w") as fh:
-        fh.write("base:\n  '*':\n    - lssd\n  'peer*':\n    - lssd_dest\n")
-    with open(os.path.join(cluster.pillar, "lssd.sls"), "w") as fh:
-        fh.write(_yaml(pillar))
-    with open(os.path.join(cluster.pillar, "lssd_dest.sls"), "w") as fh:
-        fh.write("lssd:\n  destination_path: '" + dest_root + "/{{ grains['id'] }}'\n")
-    cluster.job("*", "saltutil.refresh_pillar", [], timeout=60)
-    cluster.job("*", "saltutil.sync_all", [], timeout=120)
+        lssd_pillar["libtorrent_settings"] = ctx.args.settings
+    cluster.write_pillar(salt.pillar, lssd_pillar, "peer*", dest_root + "/{{ grains['id'] }}")
+    salt.job("*", "saltutil.refresh_pillar", [], timeout=60)
+    salt.job("*", "saltutil.sync_all", [], timeout=120)
     t0 = ctx.start()
-    result = cluster.run("state.orchestrate", ["lssd.orch.deploy"], timeout=ctx.timeout(swarm=True))
+    result = salt.run("state.orchestrate", ["lssd.orch.deploy"], timeout=ctx.timeout(swarm=True))
     t_end = time.time()
     ctx.finish()
     out_path = os.path.join(ctx.workdir, "lssd-orchestrate.json")
     with open(out_path, "w") as fh:
         fh.write(result.stdout + "\n--- stderr ---\n" + result.stderr)
     done = {}
-    for mid, index in cluster.minions.items():
+    for mid, index in salt.minions.items():
         if not index:
             continue
-        state_file = os.path.join(ctx.workdir, "salt", mid, "cache", "lssd")
+        state_file = os.path.join(salt.minion_root(mid), "cache", "lssd")
         finished = _find_finished(state_file, tag)
         target = os.path.join(dest_root, mid, tag, "payload")
         ok = os.path.exists(target) and os.path.getsize(target) == ctx.size
@@ -573,8 +512,8 @@ def lssd(ctx):
         # N installed copies and N archives: free the memory before the next scenario (lingering
         # peers keep their open archive until they exit).
         shutil.rmtree(dest_root, ignore_errors=True)
-        for mid in cluster.minions:
-            shutil.rmtree(os.path.join(ctx.workdir, "salt", mid, "cache", "lssd", "archives"), ignore_errors=True)
+        for mid in salt.minions:
+            shutil.rmtree(os.path.join(salt.minion_root(mid), "cache", "lssd", "archives"), ignore_errors=True)
     return Outcome(t0, done, extra, t_end=t_end)
 
 

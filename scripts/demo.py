@@ -7,11 +7,12 @@ temporary directory (so several "hosts" share this machine), all running as the 
 - ``web1`` .. ``webN``: the peers (lssd:targets:peer is ``web*``), each with its own
   destination_path.
 
-The master serves the repository (file_roots: its ``salt/`` SLS tree and the repository) and a generated pillar;
-the minions load the lssd modules through the installed package's ``salt.loader`` entry
-point. Then ``salt-run state.orchestrate lssd.orch.deploy`` ships a sample build and a table
-says what each peer got, from whom and how fast. Plain subprocesses and config files, so
-everything here can be repeated by hand: the commands are printed as they run.
+The master serves the repository (file_roots: its ``salt/`` SLS tree and the repository) and a
+generated pillar; the minions load the lssd modules through the installed package's
+``salt.loader`` entry point. Then ``salt-run state.orchestrate lssd.orch.deploy`` ships a sample
+build and a table says what each peer got, from whom and how fast. Plain subprocesses and config
+files (``bench/cluster.py`` writes and starts them, as it does for ``bench/run``), so everything
+here can be repeated by hand: the commands are printed as they run.
 
 ``--cleanup DIR`` stops whatever still runs from DIR (salt daemons and lssd processes, found
 by DIR in their command line) and removes DIR unless it was kept; scripts/demo calls it on exit.
@@ -24,25 +25,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import textwrap
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+import cluster  # bench/cluster.py: the throwaway clusters bench/run starts too
+
 KEEP_MARKER = ".keep"
 
 
 def log(message):
     print(message, flush=True)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- the setup
@@ -60,7 +56,7 @@ class Demo:
         self.daemons = []  # Popen of every salt daemon we started
         self.user = getpass.getuser()
         self.group = grp.getgrgid(os.getgid()).gr_name
-        self.ports = {"publish": free_port(), "ret": free_port(), "tracker": free_port()}
+        self.ports = {name: cluster.free_port() for name in ("publish", "ret", "tracker")}
 
     def destination(self, peer):
         return os.path.join(self.work, peer, "opt", "app")
@@ -68,155 +64,56 @@ class Demo:
     # -- configuration files
 
     def write_configs(self):
-        master_root = os.path.join(self.work, "master")
         pillar = os.path.join(self.work, "pillar")
-        os.makedirs(self.master_conf)
-        os.makedirs(pillar)
-        common = {
-            "user": self.user,
-            "pki_dir": "pki",
-            "cachedir": "cache",
-            "sock_dir": "run",
-            "log_level_logfile": "info",
-        }
-        master = dict(
-            common,
-            id="demo-master",
-            root_dir=master_root,
-            pidfile="run/salt-master.pid",
-            log_file="master.log",
-            interface="127.0.0.1",
-            publish_port=self.ports["publish"],
-            ret_port=self.ports["ret"],
-            # A throwaway master: accept whatever minion knocks (only ours run here).
-            auto_accept=True,
+        ports = {"publish_port": self.ports["publish"]}
+        self.master_conf = cluster.write_master(
+            os.path.join(self.work, "master"),
             # The README's classic install: the SLS tree, then the repository for sync_all.
-            file_roots={"base": [os.path.join(REPO, "salt"), REPO]},
+            file_roots=[os.path.join(REPO, "salt"), REPO],
+            pillar_roots=[pillar],
+            log_level="info",
+            id="demo-master",
+            interface="127.0.0.1",
+            ret_port=self.ports["ret"],
             file_ignore_regex=[r"^\.venv/", r"^\.git/", r"^bench/results/"],
-            pillar_roots={"base": [pillar]},
             worker_threads=4,
+            **ports,
         )
-        self._write_yaml(os.path.join(self.master_conf, "master"), master)
         for minion in self.minions:
-            root = os.path.join(self.work, minion)
-            conf = os.path.join(root, "conf")
-            os.makedirs(conf)
-            config = dict(
-                common,
-                id=minion,
-                root_dir=root,
-                pidfile="run/salt-minion.pid",
-                log_file="minion.log",
-                master="127.0.0.1",
-                master_port=self.ports["ret"],
-                publish_port=self.ports["publish"],
-                acceptance_wait_time=1,
-            )
-            self._write_yaml(os.path.join(conf, "minion"), config)
-
-        # Pillar: the settings every role shares, and each peer its own destination_path (the
-        # peers share this machine). Only the peers' pillar sets it, so the orchestrate, which
-        # passes the master's view of pillar lssd to the roles, leaves it alone.
-        with open(os.path.join(pillar, "top.sls"), "w") as fh:
-            fh.write("base:\n  '*':\n    - lssd\n  'web*':\n    - peer\n")
-        with open(os.path.join(pillar, "lssd.sls"), "w") as fh:
-            fh.write(
-                textwrap.dedent(
-                    f"""\
-                    lssd:
-                      tag: Demo1
-                      seeder_files_path: {self.build}
-                      destination_owner: {self.user}
-                      destination_group: {self.group}
-                      linger: {self.linger}
-                      timeout: 600
-                      current: true
-                      tracker:
-                        host: 127.0.0.1
-                        bind: 127.0.0.1
-                        port: {self.ports['tracker']}
-                      targets:
-                        tracker: build
-                        seeder: build
-                        peer: 'web*'
-                    """
-                )
-            )
-        with open(os.path.join(pillar, "peer.sls"), "w") as fh:
-            fh.write(
-                "lssd:\n  destination_path: "
-                + os.path.join(self.work, "{{ grains['id'] }}", "opt", "app")
-                + "\n"
-            )
-
-    @staticmethod
-    def _write_yaml(path, data):
-        # JSON is YAML, and needs nothing beyond the standard library.
-        with open(path, "w") as fh:
-            json.dump(data, fh, indent=2)
-
-    # -- the sample build
-
-    def make_build(self):
-        """A build-like tree: code, config, an executable, a symlink, and size_mb of data."""
-        files = 0
-        for i in range(40):
-            path = os.path.join(self.build, "lib", f"pkg{i % 5}", f"module{i}.py")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as fh:
-                fh.write(f"def handler_{i}(request):\n    return {i}\n" * 50)
-            files += 1
-        os.makedirs(os.path.join(self.build, "bin"))
-        app = os.path.join(self.build, "bin", "app")
-        with open(app, "w") as fh:
-            fh.write("#!/bin/sh\necho 'hello from the demo build'\n")
-        os.chmod(app, 0o755)
-        os.symlink("app", os.path.join(self.build, "bin", "start"))
-        os.makedirs(os.path.join(self.build, "conf"))
-        with open(os.path.join(self.build, "conf", "app.conf"), "w") as fh:
-            fh.write("workers = 8\n")
-        os.makedirs(os.path.join(self.build, ".git"))
-        with open(os.path.join(self.build, ".git", "HEAD"), "w") as fh:
-            fh.write("ref: refs/heads/main\n")  # excluded from the archive (lssd:exclude)
-        os.makedirs(os.path.join(self.build, "assets"))
-        chunk = 4 << 20
-        remaining = self.size_mb << 20
-        index = 0
-        while remaining > 0:
-            size = min(chunk, remaining)
-            with open(os.path.join(self.build, "assets", f"blob{index:03d}.bin"), "wb") as fh:
-                fh.write(os.urandom(size))  # incompressible, like images or jars
-            remaining -= size
-            index += 1
-        files += index + 3
-        return files
+            cluster.write_minion(os.path.join(self.work, minion), minion, "127.0.0.1", log_level="info",
+                                 master_port=self.ports["ret"], **ports)
+        lssd = {
+            "tag": "Demo1",
+            "seeder_files_path": self.build,
+            "destination_owner": self.user,
+            "destination_group": self.group,
+            "linger": self.linger,
+            "timeout": 600,
+            "current": True,
+            "tracker": {"host": "127.0.0.1", "bind": "127.0.0.1", "port": self.ports["tracker"]},
+            "targets": {"tracker": "build", "seeder": "build", "peer": "web*"},
+        }
+        cluster.write_pillar(pillar, lssd, "web*", self.destination("{{ grains['id'] }}"))
 
     # -- daemons
 
     def start(self, name, argv):
-        # A session of its own: the daemon and everything it forks are stopped as one group.
-        with open(os.path.join(self.work, f"{name}.out"), "wb") as logfile:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=self.work,
-            )
-        self.daemons.append(proc)
-        return proc
+        self.daemons.append(cluster.start(argv, os.path.join(self.work, f"{name}.out"), cwd=self.work))
 
     def start_master(self):
-        self.start("master", [os.path.join(BIN, "salt-master"), "-c", self.master_conf, "-l", "quiet"])
-        wait_for(lambda: _port_open(self.ports["ret"]), 60, "the salt-master to listen")
+        self.start("master", cluster.salt_argv("salt-master", self.master_conf, "-l", "quiet"))
+        cluster.wait_for(lambda: cluster.port_open(self.ports["ret"]), 60, "the salt-master to listen")
 
     def start_minions(self):
         for minion in self.minions:
             conf = os.path.join(self.work, minion, "conf")
-            self.start(minion, [os.path.join(BIN, "salt-minion"), "-c", conf, "-l", "quiet"])
+            self.start(minion, cluster.salt_argv("salt-minion", conf, "-l", "quiet"))
 
-        def all_up():
-            ret = self.salt(["-L", ",".join(self.minions), "test.ping"], timeout=10, check=False)
-            return ret is not None and all(ret.get(m) is True for m in self.minions)
+        def ping():
+            ret = self.salt(["-L", ",".join(self.minions), "test.ping"], timeout=10, check=False) or {}
+            return {minion for minion, up in ret.items() if up is True}
 
-        wait_for(all_up, 180, f"{len(self.minions)} minions to connect")
+        cluster.wait_minions(ping, self.minions, 180)
 
     # -- salt commands
 
@@ -227,14 +124,15 @@ class Demo:
         return self._run("salt-run", args, check)
 
     def _run(self, tool, args, check):
-        argv = [os.path.join(BIN, tool), "-c", self.master_conf, "--out=json", "--out-indent=-1"] + args
+        argv = cluster.salt_argv(tool, self.master_conf, "--out=json", "--out-indent=-1", *args)
         proc = subprocess.run(argv, capture_output=True, text=True, cwd=self.work, check=False)
         try:
             data = json.loads(proc.stdout) if proc.stdout.strip() else None
         except ValueError:
             data = _last_json(proc.stdout)
         if check and data is None:
-            raise RuntimeError(f"{tool} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+            raise RuntimeError(f"{tool} {' '.join(args)} failed ({proc.returncode}):\n"
+                               f"{proc.stdout}{proc.stderr}")
         return data
 
     def stop_roles(self):
@@ -243,34 +141,10 @@ class Demo:
             self.salt(["-L", ",".join(self.minions), function], timeout=30, check=False)
 
     def stop_daemons(self):
-        for proc in self.daemons:
-            if proc.poll() is None:
-                _killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for proc in self.daemons:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            _killpg(proc.pid, signal.SIGKILL)  # whatever the daemon left in its group
+        cluster.stop(self.daemons, timeout=20)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
-
-
-def _port_open(port):
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _last_json(text):
@@ -292,49 +166,12 @@ def _last_json(text):
     return merged or None
 
 
-def _killpg(pid, sig):
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def processes_under(path):
-    """Pids of our processes whose command line mentions ``path``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read().decode("utf-8", "replace")
-            if os.stat(f"/proc/{entry}").st_uid != os.getuid():
-                continue
-        except OSError:
-            continue
-        if path in cmdline:
-            found.append(int(entry))
-    return found
-
-
 def cleanup(work):
     """Stop everything still running from ``work`` and remove it (unless it was kept)."""
     work = os.path.abspath(work)
     if not os.path.isdir(work):
         return
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        pids = processes_under(work + os.sep)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.2)
-            pids = processes_under(work + os.sep)
-        if not pids:
-            break
+    cluster.kill_all(lambda: cluster.processes_under(work + os.sep), grace=10)
     if os.path.exists(os.path.join(work, KEEP_MARKER)):
         log(f"kept {work} (logs: {work}/*/minion.log, {work}/master/master.log)")
     else:
@@ -402,7 +239,7 @@ def run(args):
     deployed = False
     try:
         demo.write_configs()
-        files = demo.make_build()
+        files = cluster.make_build(demo.build, args.size_mb)
         log(f"sample build: {files} files, {args.size_mb} MB, in {demo.build}")
         log(f"salt-master on 127.0.0.1:{demo.ports['ret']}, minions: build (tracker + seeder), "
             f"{', '.join(demo.peers)} (peers); all below {demo.work}")
@@ -465,7 +302,7 @@ def main(argv=None):
         return run(args)
     except KeyboardInterrupt:
         return 130
-    except RuntimeError as exc:
+    except (RuntimeError, TimeoutError) as exc:
         log(f"demo failed: {exc}")
         return 1
 
