@@ -64,7 +64,7 @@ def records(run):
 def test_one_record_per_scenario(records):
     assert sorted(r["scenario"] for r in records) == ["http", "swarm"]
     for key in ("scenario", "hosts", "size_mb", "rate_mbit", "T_last", "T_median", "T_first", "T_min",
-                "efficiency", "seeder_upload_ratio", "cpu_util", "cpu_bound", "date", "machine"):
+                "efficiency", "seeder_upload_ratio", "cpu_util", "cpu_bound", "mtu", "date", "machine"):
         assert all(key in r for r in records), key
 
 
