@@ -175,99 +175,32 @@ def swarm(ctx):
     made = make_torrent(ctx, work)
     state_dir = ctx.dir("swarm", "tracker-state")
     tracker.allow(state_dir, made["infohash"], "bench")
-    settings = ctx.args.settings or None
     started = []
     try:
-        run_dir = os.path.join(work, "tracker")
-        tracker_config = {"state_dir": state_dir, "bind": lab.addr(0), "port": TRACKER_PORT}
-        write_config(run_dir, tracker_config)
-        proc = lab.popen(0, lssd_command(ctx, "tracker", run_dir), os.path.join(run_dir, "log"), ctx.env())
-        started.append(proc)
-        wait_state(run_dir, proc, ("running",), what="tracker")
-
-        run_dir = os.path.join(work, "seeder")
-        write_config(run_dir, {
+        _start_role(ctx, started, "tracker", os.path.join(work, "tracker"), ("running",),
+                    {"state_dir": state_dir, "bind": lab.addr(0), "port": TRACKER_PORT})
+        seeder_dir = os.path.join(work, "seeder")
+        seeder = _start_role(ctx, started, "seeder", seeder_dir, ("seeding",), {
             "torrent": made["torrent"],
             "save_path": os.path.dirname(ctx.payload),
             "tag": "bench",
             "infohash": made["infohash"],
             "listen": f"{lab.addr(0)}:{TORRENT_PORT}",
-            "settings": settings,
+            "settings": ctx.args.settings or None,
         })
-        seeder = lab.popen(0, lssd_command(ctx, "seeder", run_dir), os.path.join(run_dir, "log"), ctx.env())
-        started.append(seeder)
-        wait_state(run_dir, seeder, ("seeding",), what="seeder")
-        seeder_dir = run_dir
-
-        peer_dirs = {}
-        for index in range(1, lab.peers + 1):
-            run_dir = os.path.join(work, f"peer{index}")
-            write_config(run_dir, {
-                "torrent": made["torrent"],
-                "save_path": os.path.join(run_dir, "data"),
-                "tag": "bench",
-                "infohash": made["infohash"],
-                "linger": 3600,  # stopped by the bench once everyone is done
-                "timeout": ctx.timeout(swarm=True),
-                "listen": f"0.0.0.0:{TORRENT_PORT}",
-                "settings": dict(settings or {}, **(ctx.args.peer_settings or {})) or None,
-                **(ctx.args.peer_config or {}),
-            })
-            peer_dirs[index] = run_dir
+        peer_dirs = {index: os.path.join(work, f"peer{index}") for index in range(1, lab.peers + 1)}
+        for run_dir in peer_dirs.values():
+            write_config(run_dir, _peer_config(ctx, made, run_dir))
         t0 = ctx.start()
         peers = {}
         for index, run_dir in peer_dirs.items():
-            peers[index] = lab.popen(index, lssd_command(ctx, "peer", run_dir), os.path.join(run_dir, "log"), ctx.env())
+            peers[index] = lab.popen(index, lssd_command(ctx, "peer", run_dir), os.path.join(run_dir, "log"),
+                                     ctx.env())
         started.extend(peers.values())
-        done = {index: None for index in peers}
-        deadline = time.monotonic() + ctx.timeout(swarm=True)
-        failed = {}
-        trace, next_trace = [], 0.0
-        while time.monotonic() < deadline:
-            if ctx.args.trace and time.monotonic() >= next_trace:
-                next_trace = time.monotonic() + 0.5
-                states = {i: read_state(d) for i, d in peer_dirs.items()}
-                trace.append({
-                    "t": round(time.time() - t0, 2),
-                    "seeder_sent": lab.upload_bytes(0) - ctx.up_at_start,
-                    "progress": [states[i].get("progress", 0) for i in peer_dirs],
-                    "from_seeder": [states[i].get("from_seeder", 0) for i in peer_dirs],
-                    "peers": [states[i].get("peers", 0) for i in peer_dirs],
-                    "seeder_connections": [states[i].get("seeder_connections") for i in peer_dirs],
-                })
-            for index, run_dir in peer_dirs.items():
-                if done[index] is not None or index in failed:
-                    continue
-                state = read_state(run_dir)
-                if state.get("finished"):
-                    done[index] = state["finished"]
-                elif state.get("status") == "failed" or peers[index].poll() is not None:
-                    failed[index] = state.get("error") or f"exited {peers[index].returncode}"
-            if all(v is not None for v in done.values()) or len(failed) + sum(
-                v is not None for v in done.values()
-            ) == len(done):
-                break
-            # A peer's state.json carries the time it finished: polling slowly costs no
-            # accuracy, and keeps the bench's own CPU use out of the way at large N.
-            time.sleep(0.4)
+        done, failed, trace = _wait_peers(ctx, t0, peers, peer_dirs)
         ctx.finish()
         t_end = max([v for v in done.values() if v] or [time.time()])
-        peer_cpu = [proc_cpu(p.pid) for p in peers.values()]
-        seeder_cpu = proc_cpu(seeder.pid)
-        # Lingering peers and the seeder rewrite state.json every second: wait for one more
-        # round so the byte counters include the last second.
-        time.sleep(1.2)
-        seeder_state = read_state(seeder_dir)
-        states = {i: read_state(d) for i, d in peer_dirs.items()}
-        extra = {
-            "seeder_payload_ratio": round(seeder_state.get("uploaded", 0) / ctx.size, 3),
-            "piece_kb": made["piece_size"] // 1024,
-            "from_seeder_ratio": round(sum(s.get("from_seeder", 0) for s in states.values()) / ctx.size, 3),
-            "peer_start_spread": round(max((s.get("started", t0) for s in states.values()), default=t0) - t0, 2),
-            # CPU seconds (user, system) of the seeder process and of the average peer process.
-            "cpu_seeder_s": seeder_cpu,
-            "cpu_peer_s": [round(sum(c[i] for c in peer_cpu) / len(peer_cpu), 2) for i in (0, 1)],
-        }
+        extra = _swarm_extra(ctx, made, t0, (seeder, seeder_dir), peers, peer_dirs)
         if trace:
             extra["trace"] = trace
         if failed:
@@ -277,6 +210,89 @@ def swarm(ctx):
         cluster.stop(started[::-1])
         if not ctx.args.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _start_role(ctx, started, role, run_dir, ready, config):
+    """Start ``role`` on host 0 with ``config`` and wait until its status is one of ``ready``."""
+    write_config(run_dir, config)
+    proc = ctx.lab.popen(0, lssd_command(ctx, role, run_dir), os.path.join(run_dir, "log"), ctx.env())
+    started.append(proc)
+    wait_state(run_dir, proc, ready, what=role)
+    return proc
+
+
+def _peer_config(ctx, made, run_dir):
+    return {
+        "torrent": made["torrent"],
+        "save_path": os.path.join(run_dir, "data"),
+        "tag": "bench",
+        "infohash": made["infohash"],
+        "linger": 3600,  # stopped by the bench once everyone is done
+        "timeout": ctx.timeout(swarm=True),
+        "listen": f"0.0.0.0:{TORRENT_PORT}",
+        "settings": dict(ctx.args.settings or {}, **(ctx.args.peer_settings or {})) or None,
+        **(ctx.args.peer_config or {}),
+    }
+
+
+def _wait_peers(ctx, t0, peers, peer_dirs):
+    """Until every peer has finished or failed, or the give-up time: ``({index: the time it
+    finished, or None}, {index: why it failed}, trace points if --trace)``."""
+    done = {index: None for index in peers}
+    failed = {}
+    trace, next_trace = [], 0.0
+    deadline = time.monotonic() + ctx.timeout(swarm=True)
+    while time.monotonic() < deadline:
+        if ctx.args.trace and time.monotonic() >= next_trace:
+            next_trace = time.monotonic() + 0.5
+            trace.append(_trace_point(ctx, t0, peer_dirs))
+        for index, run_dir in peer_dirs.items():
+            if done[index] is not None or index in failed:
+                continue
+            state = read_state(run_dir)
+            if state.get("finished"):
+                done[index] = state["finished"]
+            elif state.get("status") == "failed" or peers[index].poll() is not None:
+                failed[index] = state.get("error") or f"exited {peers[index].returncode}"
+        if len(failed) + sum(v is not None for v in done.values()) == len(done):
+            break
+        # A peer's state.json carries the time it finished: polling slowly costs no
+        # accuracy, and keeps the bench's own CPU use out of the way at large N.
+        time.sleep(0.4)
+    return done, failed, trace
+
+
+def _trace_point(ctx, t0, peer_dirs):
+    states = [read_state(d) for d in peer_dirs.values()]
+    return {
+        "t": round(time.time() - t0, 2),
+        "seeder_sent": ctx.lab.upload_bytes(0) - ctx.up_at_start,
+        "progress": [s.get("progress", 0) for s in states],
+        "from_seeder": [s.get("from_seeder", 0) for s in states],
+        "peers": [s.get("peers", 0) for s in states],
+        "seeder_connections": [s.get("seeder_connections") for s in states],
+    }
+
+
+def _swarm_extra(ctx, made, t0, seeder, peers, peer_dirs):
+    """What the swarm's own reports add to the record: payload counts, CPU per process."""
+    seeder_proc, seeder_dir = seeder
+    peer_cpu = [proc_cpu(p.pid) for p in peers.values()]
+    seeder_cpu = proc_cpu(seeder_proc.pid)
+    # Lingering peers and the seeder rewrite state.json every second: wait for one more
+    # round so the byte counters include the last second.
+    time.sleep(1.2)
+    seeder_state = read_state(seeder_dir)
+    states = [read_state(d) for d in peer_dirs.values()]
+    return {
+        "seeder_payload_ratio": round(seeder_state.get("uploaded", 0) / ctx.size, 3),
+        "piece_kb": made["piece_size"] // 1024,
+        "from_seeder_ratio": round(sum(s.get("from_seeder", 0) for s in states) / ctx.size, 3),
+        "peer_start_spread": round(max((s.get("started", t0) for s in states), default=t0) - t0, 2),
+        # CPU seconds (user, system) of the seeder process and of the average peer process.
+        "cpu_seeder_s": seeder_cpu,
+        "cpu_peer_s": [round(sum(c[i] for c in peer_cpu) / len(peer_cpu), 2) for i in (0, 1)],
+    }
 
 
 # -- http --------------------------------------------------------------------------------------
