@@ -247,6 +247,11 @@ class Lab:
         try:
             self.kill_processes()
         finally:
+            # Deleting a veth end removes the pair at once; a namespace's own devices go only
+            # when the kernel gets round to freeing it, and the next lab of this run (same
+            # names) must not find them still there.
+            for index in range(len(self.namespaces)):
+                subprocess.run(["ip", "link", "del", self.veth(index)], stderr=subprocess.DEVNULL)
             for ns in self.namespaces:
                 subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
             self.namespaces = []
