@@ -75,7 +75,7 @@ class Demo:
             id="demo-master",
             interface="127.0.0.1",
             ret_port=self.ports["ret"],
-            file_ignore_regex=[r"^\.venv/", r"^\.git/", r"^bench/results/"],
+            file_ignore_regex=[r"^\.venv/", r"^\.git/", r"^bench/results/", r"\.egg-info/"],
             worker_threads=4,
             **ports,
         )
