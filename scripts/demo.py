@@ -65,7 +65,6 @@ class Demo:
 
     def write_configs(self):
         pillar = os.path.join(self.work, "pillar")
-        ports = {"publish_port": self.ports["publish"]}
         self.master_conf = cluster.write_master(
             os.path.join(self.work, "master"),
             # The README's classic install: the SLS tree, then the repository for sync_all.
@@ -75,13 +74,13 @@ class Demo:
             id="demo-master",
             interface="127.0.0.1",
             ret_port=self.ports["ret"],
+            publish_port=self.ports["publish"],
             file_ignore_regex=[r"^\.venv/", r"^\.git/", r"^bench/results/", r"\.egg-info/"],
             worker_threads=4,
-            **ports,
         )
         for minion in self.minions:
             cluster.write_minion(os.path.join(self.work, minion), minion, "127.0.0.1", log_level="info",
-                                 master_port=self.ports["ret"], **ports)
+                                 master_port=self.ports["ret"], publish_port=self.ports["publish"])
         lssd = {
             "tag": "Demo1",
             "seeder_files_path": self.build,
@@ -239,7 +238,7 @@ def run(args):
     deployed = False
     try:
         demo.write_configs()
-        files = cluster.make_build(demo.build, args.size_mb)
+        files = cluster.make_build(demo.build, demo.size_mb)
         log(f"sample build: {files} files, {args.size_mb} MB, in {demo.build}")
         log(f"salt-master on 127.0.0.1:{demo.ports['ret']}, minions: build (tracker + seeder), "
             f"{', '.join(demo.peers)} (peers); all below {demo.work}")
