@@ -124,9 +124,12 @@ def worker(index, port, count, deadline, concurrency, sources, passkey, results)
 
 
 def cpu_seconds(pid):
-    """User + system CPU seconds the process ``pid`` has used so far."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rpartition(")")[2].split()
+    """User + system CPU seconds the process ``pid`` has used so far (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -154,9 +157,11 @@ def drive(port, args, passkey=None, pid=None):
     total["announces_per_s"] = round(total["ok"] / elapsed)
     total["p50_ms"] = max(s["p50_ms"] or 0 for s in stats)
     total["p99_ms"] = max(s["p99_ms"] or 0 for s in stats)
-    if pid and total["ok"]:
-        total["tracker_cpu_us_per_announce"] = round(
-            1e6 * (cpu_seconds(pid) - cpu_before) / total["ok"], 1)
+    cpu_after = cpu_seconds(pid) if pid else None
+    if pid and cpu_after is None:
+        total["tracker_died"] = True  # a dead tracker invalidates the run; its log says why
+    elif pid and total["ok"]:
+        total["tracker_cpu_us_per_announce"] = round(1e6 * (cpu_after - cpu_before) / total["ok"], 1)
     return total
 
 
@@ -174,9 +179,14 @@ def run_lssd(args, work):
     port = free_port()
     state = procs.spawn("tracker", run_dir, {"bind": "127.0.0.1", "port": port, "state_dir": state_dir})
     try:
-        return drive(port, args, passkey, pid=state["pid"])
+        result = drive(port, args, passkey, pid=state["pid"])
     finally:
         procs.stop(run_dir)
+    if result.get("tracker_died"):
+        with open(os.path.join(run_dir, "log"), errors="replace") as fh:
+            result["tracker_log"] = fh.read()[-2000:]
+        result["tracker_state"] = procs.state(run_dir)
+    return result
 
 
 def run_opentracker(args, work):

@@ -116,10 +116,13 @@ class Server:
                 for fd, events in self._epoll.poll(poll_interval, 1024):
                     self._event(fd, listener)
                 now = time.monotonic()
-                self._expire(now)
-                if now >= next_sweep:
-                    self.tracker.sweep()
-                    next_sweep = now + sweep_every
+                try:
+                    self._expire(now)
+                    if now >= next_sweep:
+                        next_sweep = now + sweep_every
+                        self.tracker.sweep()
+                except Exception as exc:  # noqa: BLE001 -- logged once; the tracker keeps serving
+                    self.log_unexpected(exc)
         finally:
             self._stopped.set()
 
