@@ -844,3 +844,34 @@ def test_fetch_status_reads_the_token_from_the_run_directory(running):
     assert token and os.stat(os.path.join(running.run_dir, "admin_token")).st_mode & 0o777 == 0o600
     status = fetch_status("127.0.0.1", running.port, run_dir=running.run_dir)
     assert without_counters(status) == without_counters(running.status())
+
+
+def test_slice_ranks_per_host_are_capped(state_dir, clock):
+    allow(state_dir, INFOHASH.hex(), "Deploy1")
+    core = Tracker(state_dir, max_peers_per_ip=2, clock=clock)
+    for port in range(6001, 6009):  # 4 x max_peers_per_ip: restarts on new ports included
+        assert b"rank" in ask_slice(core, port, ip="10.0.0.1")
+    reason = ask_slice(core, 6009, ip="10.0.0.1")[b"failure reason"].decode()
+    assert reason == "this host already has 8 ranks in this swarm (4 x max_peers_per_ip)"
+    assert ask_slice(core, 6001, ip="10.0.0.2") == {b"rank": 8, b"peers": 9}
+
+
+def test_ipv6_tracker_answers_peers6_and_trusts_its_own_host(start_tracker):
+    running = start_tracker(bind="::1")
+
+    def get(path):
+        conn = http.client.HTTPConnection("::1", running.port, timeout=10)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.getheader("Content-Type"), response.read()
+        finally:
+            conn.close()
+
+    get("/announce?" + query(peer_id=peer_id(1), port=6001))
+    answer = bencode.decode(get("/announce?" + query(peer_id=peer_id(2), port=6002))[1])
+    assert answer[b"peers"] == b""
+    assert answer[b"peers6"] == socket.inet_pton(socket.AF_INET6, "::1") + (6001).to_bytes(2, "big")
+    content_type, body = get("/status")
+    assert content_type == "application/json" and json.loads(body)["torrents"][INFOHASH.hex()]["peers"] == 2
+    assert fetch_status("::1", running.port)["torrents"][INFOHASH.hex()]["leechers"] == 2
