@@ -17,6 +17,7 @@ writes the test's own tag and a ``destination_path`` templated per minion
 runs alone (``-k``).
 """
 
+import hashlib
 import json
 import os
 import pathlib
@@ -63,6 +64,7 @@ class Env:
         # find_job question within gather_job_timeout) reports slow minions as missing.
         self.salt = master.salt_cli(timeout=300)
         self.salt_run = master.salt_run_cli(timeout=1200)
+        self.recorded = 0
 
     @property
     def master_id(self):
@@ -78,7 +80,14 @@ class Env:
             args.append("pillar=" + json.dumps(pillar))
         if test:
             args.append("test=True")
-        return self.salt_run.run(*args)
+        ret = self.salt_run.run(*args)
+        record = os.environ.get("LSSD_IT_RECORD")
+        if record:
+            # For a person reading a run afterwards: each orchestrate's command and output.
+            self.recorded += 1
+            path = pathlib.Path(record) / f"{self.recorded:03d}-{sls}.json"
+            path.write_text(json.dumps({"args": args, "returncode": ret.returncode, "data": ret.data}))
+        return ret
 
     def orchestrate_plan(self, sls="lssd.orch.deploy", pillar=None):
         """The orchestrate's steps as rendered on the master, by state ID; nothing runs."""
@@ -125,8 +134,9 @@ class Case:
 
     def __init__(self, env, name):
         self.env = env
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:48]
-        self.tag = f"T-{slug}"
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
+        # Short tags (the test's name would make 60 characters and more), unique per test.
+        self.tag = f"T-{slug[5:25].strip('_-')}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
         self.dir = env.root / "cases" / slug
         self.dir.mkdir(parents=True)
         self.pillar()

@@ -11,7 +11,7 @@ from .lssd_integration import PEERS, minion_states, orchestrate_errors, orchestr
 
 pytestmark = pytest.mark.integration
 
-RUN_WIDE = {"tag", "run_id", "tracker", "rollback_to"}
+RUN_WIDE = {"tag", "run_id", "targets", "tracker", "rollback_to"}
 
 
 def assert_ok(ret):
@@ -46,6 +46,7 @@ def test_every_step_has_a_timeout_and_roles_get_run_wide_values_only(lssd_env, c
         assert set(handed) <= RUN_WIDE, (step_id, handed)
         assert handed["tag"] == case.tag
         assert handed["tracker"] == {"host": "127.0.0.1", "port": lssd_env.tracker_port}
+        assert handed["targets"] == {"tracker": "tracker", "seeder": "seeder", "peer": "web*"}
         run_ids.add(handed["run_id"])
     assert len(run_ids) == 1, run_ids
 
@@ -58,7 +59,6 @@ def test_no_master_pillar_fails_before_any_job_naming_the_master_id(lssd_env, ca
     ret = lssd_env.orchestrate()
     assert ret.returncode != 0
     errors = orchestrate_errors(ret)
-    print(errors)
     assert f"pillar id {master_id}" in errors, errors
     for key in ("lssd:tag", "lssd:targets:tracker", "lssd:targets:seeder", "lssd:targets:peer"):
         assert key in errors, errors
@@ -93,7 +93,6 @@ def test_canary_failure_stops_the_run_before_other_peers_start(lssd_env, case):
     in_the_way.mkdir(parents=True)
     (in_the_way / "precious.txt").write_text("not ours\n")
     ret = lssd_env.orchestrate()
-    print(ret.stdout)
     states = orchestrate_states(ret)
     assert ret.returncode != 0
     canary = states["lssd-canary"]
@@ -154,7 +153,6 @@ def test_rollback_switches_current_with_no_download(lssd_env, case):
     wait_until(lambda: not lssd_env.processes(), 60, "the lingering peers to exit")
 
     ret = lssd_env.orchestrate("lssd.orch.rollback")
-    print(ret.stdout)
     states = assert_ok(ret)
     for peer, results in minion_states(states["lssd-rollback"]).items():
         (switched,) = results.values()
