@@ -427,3 +427,19 @@ def test_fetch_status_presents_the_token_to_a_tracker_on_a_specific_address(star
         tracker.fetch_status("127.0.0.3", port)
     data = tracker.fetch_status("127.0.0.3", port, run_dir=run_dir)
     assert data["torrents"][INFOHASH.hex()]["tag"] == "Deploy1"
+
+
+def test_evicted_connections_leave_their_host_its_full_share(start_tracker, slowloris, state_dir):
+    # The host's own connections are evicted to make room for its new ones: each eviction must
+    # give back its slot, or the host would end up shut out by connections long gone.
+    port, run_dir = start_tracker(max_connections=20, max_connections_per_ip=32, request_timeout=30)
+    tracker.allow(state_dir, INFOHASH.hex(), "Deploy1")
+    first = slowloris(port, ["127.0.10.1"], 100)
+    first.close()
+    wait_for(lambda: status(port)["connections"]["open"] == 1, PROMPT * 3,
+             "the tracker to see every connection of the first wave closed")
+    second = slowloris(port, ["127.0.10.1"], 20)
+    connections = status(port)["connections"]
+    assert connections["refused"] == 0 and connections["evicted"] >= 80, connections
+    assert second.closed_by_tracker() <= 1  # the status request above took one slot
+    assert b"failure reason" not in announce(port, 1, source="127.0.10.1")

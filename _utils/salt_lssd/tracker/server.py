@@ -166,16 +166,15 @@ class Server:
                     continue
                 return  # ECONNABORTED and the like: that client is gone
             ip = address[0]
-            count = self._per_ip.get(ip, 0)
-            if count >= self.max_connections_per_ip:
+            if self._per_ip.get(ip, 0) >= self.max_connections_per_ip:
                 self.stats["refused"] += 1
                 sock.close()
                 continue
             if len(self._conns) >= self.max_connections:
-                self._evict_oldest()
+                self._evict_oldest()  # may be this host's: count after it
             conn = _Conn(sock, ip, time.monotonic() + self.request_timeout)
             self._conns[sock.fileno()] = conn
-            self._per_ip[ip] = count + 1
+            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
             self.stats["accepted"] += 1
             # Under load the request is usually there already: read it without a trip
             # through epoll.
