@@ -7,7 +7,8 @@ A minion keeps everything lssd owns below one *state directory* (default
       archives/<tag>.tar[.gz|.zst]   packed build (seeder); <tag>--<file name> with path_is_file
       downloads/<same names>         archives a peer downloaded (apart from archives/, so a
                                      minion that seeds and deploys a tag keeps both roles apart)
-      torrents/<tag>.torrent         the .torrent; <tag>.json beside it keeps sha256 and size
+      torrents/<tag>.torrent         the .torrent; <tag>.json beside it keeps sha256 and size,
+                                     <tag>.ssl/ the deploy's certificate and key (seeder)
       run/<role>[-<tag>]/            one directory per detached process:
                                      pid, config.json, state.json, log
       tracker/allowed/<infohash>     info-hashes the tracker serves (tracker_allow)
@@ -19,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 
 from salt_lssd import LssdError
@@ -59,8 +61,53 @@ def validate_tag(tag):
 
 
 def ensure_dir(path, mode=0o700):
-    os.makedirs(path, mode=mode, exist_ok=True)
-    return path
+    """Make ``path`` (and missing parents) with ``mode`` whatever the umask; return it.
+
+    lssd keeps pidfiles, archives and state below these directories and acts on them as the
+    user running it (often root): one another user owns, or may write into, would let that
+    user plant a pidfile or swap an archive. Such a directory is refused with LssdError, and
+    so is any directory above it that a user other than root or ours could rename or replace.
+    """
+    given, path = path, os.path.abspath(path)
+    missing = []
+    head = path
+    while not os.path.isdir(head):
+        missing.append(head)
+        head = os.path.dirname(head)
+    for each in reversed(missing):
+        try:
+            os.mkdir(each, mode)
+        except FileExistsError:
+            continue  # made meanwhile by another job; checked below like any existing one
+        except OSError as exc:
+            raise LssdError(f"cannot create directory {each!r}: {exc.strerror}") from exc
+        # mkdir's mode is masked by the umask (0777 under umask 000 is what went wrong).
+        os.chmod(each, mode)
+    _check_private_dir(path, os.geteuid())
+    child, parent = path, os.path.dirname(path)
+    while parent != child:
+        _check_private_dir(parent, os.geteuid(), 0)
+        child, parent = parent, os.path.dirname(parent)
+    return given
+
+
+def _check_private_dir(path, *owners):
+    """LssdError unless ``path`` is a directory owned by one of ``owners`` that no one else
+    may write into (sticky world-writable directories such as /tmp excepted)."""
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise LssdError(f"{path!r} is not a directory")
+    if st.st_uid not in owners:
+        raise LssdError(
+            f"directory {path!r} is owned by uid {st.st_uid}, not by the user running lssd "
+            f"(uid {os.geteuid()}); lssd only uses directories its own user owns"
+        )
+    # A sticky world-writable directory (/tmp) lets others add names but not replace ours.
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise LssdError(
+            f"directory {path!r} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"allowed: writable by its owner only (chmod go-w {path})"
+        )
 
 
 class Layout:
@@ -102,6 +149,9 @@ class Layout:
 
     def torrent(self, tag):
         return os.path.join(self.torrents, validate_tag(tag) + ".torrent")
+
+    def credentials(self, tag):
+        return os.path.join(self.torrents, validate_tag(tag) + ".ssl")
 
     def torrent_meta(self, tag):
         return os.path.join(self.torrents, validate_tag(tag) + ".json")

@@ -11,7 +11,7 @@ import fcntl
 import os
 import time
 
-from salt_lssd import LssdError, NotPublished, install, inventory, mine, procs
+from salt_lssd import LssdError, NotPublished, credentials, install, inventory, mine, procs
 from salt_lssd import torrent as metainfo
 from salt_lssd.common import ensure_dir, validate_tag, write_atomic
 from salt_lssd.settings import number
@@ -24,6 +24,8 @@ def get_torrent(minion, tag, torrent=None, nonce=None):
     """(bytes, info) of the torrent for ``tag``: a path or ``salt://`` URL, else the mine."""
     if torrent is None:
         found = mine.lookup_torrent(minion, tag, nonce)
+        # An SSL torrent's certificate and key come with the entry, only to this deploy's hosts.
+        found["info"]["credentials"] = found["entry"].get("credentials")
         return found["data"], found["info"]
     torrent = str(torrent)
     if torrent.startswith("salt://"):
@@ -32,7 +34,9 @@ def get_torrent(minion, tag, torrent=None, nonce=None):
         raise LssdError(f"torrent {torrent!r} is not a file")
     with open(torrent, "rb") as fh:
         data = fh.read()
-    return data, metainfo.read_torrent(data)
+    info = metainfo.read_torrent(data)
+    info["credentials"] = credentials.beside(torrent) if info["ssl"] else None
+    return data, info
 
 
 def lookup(minion, tag, torrent=None, nonce=None, missing_ok=False):
@@ -127,7 +131,7 @@ def _peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger
             installed = install.install(
                 archive, destination_path, tag, compression=meta.get("compression"),
                 path_is_file=bool(meta.get("path_is_file")), file_name=meta.get("file_name"),
-                sha256=meta["sha256"], **options,
+                sha256=meta["sha256"], unpacked_size=meta.get("unpacked_size"), **options,
             )
         except Exception:
             procs.stop(run_dir)
@@ -137,7 +141,7 @@ def _peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger
     summary["install_seconds"] = round(time.monotonic() - install_started, 3)
     inventory.record(minion, tag, summary)
     minion.fire(f"lssd/peer/{tag}/complete", summary)
-    minion._salt.get("saltutil.refresh_grains", dict)(refresh_pillar=False)  # grains lssd_current/lssd_tags
+    minion._salt.get("saltutil.refresh_grains", dict)()  # lssd_current/lssd_tags, also in the master's cache for -G
     return dict(summary, changed=True, comment=f"deployed {tag} in {summary['target']}")
 
 
@@ -155,7 +159,12 @@ def _check_torrent(tag, info):
 
 
 def _start_download(minion, tag, data, info, linger, timeout, lt_settings):
-    """Start (or rejoin) the detached download of ``info``; returns (run_dir, archive)."""
+    """Start (or rejoin) the detached download of ``info``; returns (run_dir, archive).
+
+    A partial archive of an earlier attempt at the same info-hash is kept: libtorrent checks
+    it and downloads only the pieces that do not match. One of another info-hash under this
+    tag is removed first.
+    """
     layout = minion.layout
     run_dir = layout.run_dir("peer", tag)
     archive = os.path.join(ensure_dir(layout.downloads), info["name"])
@@ -164,6 +173,8 @@ def _start_download(minion, tag, data, info, linger, timeout, lt_settings):
         procs.stop(run_dir)
         current = procs.state(run_dir)
     if not current["running"]:
+        _drop_other_build(layout, tag, info)
+        _check_space(layout.downloads, info["size"] - _allocated(archive), f"the download of {tag}")
         write_atomic(layout.torrent(tag), data)
         config = {
             "torrent": layout.torrent(tag),
@@ -175,8 +186,25 @@ def _start_download(minion, tag, data, info, linger, timeout, lt_settings):
             "listen": minion.setting("listen"),
             "settings": lt_settings,
         }
+        config.update(_ssl_files(minion, tag, info, run_dir))
         procs.spawn("peer", run_dir, config)
     return run_dir, archive
+
+
+def _ssl_files(minion, tag, info, run_dir):
+    """``ssl_cert``/``ssl_key`` for the download process of an SSL torrent: the deploy's
+    credentials from the mine entry, or those of a seeder on this very minion."""
+    if not info.get("ssl"):
+        return {}
+    creds = info.get("credentials") or credentials.beside(minion.layout.torrent(tag))
+    if not creds:
+        raise LssdError(
+            f"the torrent of {tag} is an SSL torrent and no certificate for it reached this minion: "
+            "take the torrent from the mine (no torrent=), and check that pillar lssd:targets:peer "
+            "on the seeder matches this minion"
+        )
+    paths = credentials.install(run_dir, creds["cert"], creds["key"])
+    return {"ssl_cert": paths["cert_path"], "ssl_key": paths["key_path"], "ssl_dh": paths["dh_path"]}
 
 
 def _summary(tag, info, meta, state, installed, linger):
@@ -191,6 +219,7 @@ def _summary(tag, info, meta, state, installed, linger):
         "rate": round(info["size"] / seconds) if seconds else None,
         "from_seeder": state.get("from_seeder", 0),
         "from_peers": state.get("from_peers", 0),
+        "reused": state.get("reused", 0),
         "files": installed.get("files"),
         "replaced": installed.get("replaced", False),
         "lingering": linger,
@@ -204,8 +233,51 @@ def _remove(path):
         pass
 
 
-def _failed(tag, state, status):
-    return LssdError(f"download of {tag} failed: {state.get('error') or status}")
+def _allocated(path):
+    """Bytes ``path`` already holds on disk (a partial download is sparse), 0 if missing."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
+def _check_space(directory, needed, what):
+    """LssdError naming ``directory`` and the bytes missing if ``needed`` bytes do not fit."""
+    fs = os.statvfs(directory)
+    free = fs.f_bavail * fs.f_frsize
+    if needed > free:
+        raise LssdError(
+            f"no space left for {what}: {directory} has {free} bytes free, {needed} more are needed"
+        )
+
+
+def _drop_other_build(layout, tag, info):
+    """Remove the partial archive of another info-hash for ``tag`` (a new build, same tag)."""
+    try:
+        with open(layout.torrent(tag), "rb") as fh:
+            earlier = metainfo.read_torrent(fh.read())
+    except (OSError, LssdError):
+        return
+    if earlier["infohash"] != info["infohash"]:
+        _remove(os.path.join(layout.downloads, earlier["name"]))
+
+
+def _failed(tag, state, status, run_dir):
+    """Why the download process ended without completing, from its last state or its end."""
+    if status == "failed" and state.get("error"):
+        return LssdError(f"download of {tag} failed: {state['error']}" + _kept(state))
+    if status not in (None, "starting", "downloading"):
+        return LssdError(f"download of {tag} ended as {status!r} before it completed (lssd.peer_stop?)")
+    ended = procs.vanished(run_dir)
+    return LssdError(
+        f"download process of {tag} (pid {state.get('pid', '?')}) {ended}" + _kept(state)
+    )
+
+
+def _kept(state):
+    if state.get("corrupt"):
+        return "; the partial archive was removed (its data cannot be trusted)"
+    return "; the partial archive is kept: a retry resumes it"
 
 
 def _timed_out(tag, state, timeout):
@@ -213,7 +285,7 @@ def _timed_out(tag, state, timeout):
         f"download of {tag} did not complete within {timeout:g}s "
         f"(at {state.get('progress', 0)}%, {state.get('peers', 0)} peers"
         + (f", tracker: {state['tracker_error']}" if state.get("tracker_error") else "")
-        + "); the partial archive was removed"
+        + ")" + _kept(state)
     )
 
 
@@ -232,15 +304,21 @@ def wait_for_download(minion, tag, run_dir, archive, timeout, size=None):
     next_event = 0.0 if progress_interval > 0 else float("inf")
     while True:
         state = procs.state(run_dir)
+        if not state["running"]:
+            state = procs.state(run_dir)  # its last words may have come after the first read
         status = state.get("status")
         if status in ("lingering", "done"):
             return state
         now = time.monotonic()
-        failed = status == "failed" or (not state["running"] and status not in (None, "starting"))
+        # A process that is gone without "done" (killed, or its state could not be written)
+        # has failed; one that never wrote its pidfile did too, once spawn's wait is over.
+        failed = status == "failed" or not state["running"]
         if failed or now >= deadline:
             procs.stop(run_dir)
-            _remove(archive)
-            raise _failed(tag, state, status) if failed else _timed_out(tag, state, timeout)
+            error = _failed(tag, state, status, run_dir) if failed else _timed_out(tag, state, timeout)
+            if state.get("corrupt"):
+                _remove(archive)
+            raise error
         if now >= next_event and status == "downloading":
             minion.fire(f"lssd/peer/{tag}/progress", _progress(state, size))
             next_event = now + progress_interval

@@ -34,6 +34,18 @@ def publish(minion, alias, mine_function, matches, timeout, **kwargs):
         time.sleep(0.5)
 
 
+def readers(minion):
+    """``mine.send`` arguments that let only this deploy's minions read a torrent entry:
+    the peers, the tracker and this seeder (which checks that the master holds it). The
+    entry carries the passkey and, for SSL torrents, the deploy's key. Without targets in
+    this minion's pillar every minion may read it (Salt's default)."""
+    try:
+        who = [minion.setting("targets:peer"), minion.setting("targets:tracker")]
+    except LssdError:
+        return {}
+    return {"allow_tgt": " or ".join(f"( {t} )" for t in who + [f"L@{minion.id}"]), "allow_tgt_type": "compound"}
+
+
 def torrent_entry(minion, tag, data, meta, nonce):
     """What a seeder publishes for ``tag``: the .torrent (base64) and what checks it."""
     return {

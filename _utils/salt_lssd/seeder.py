@@ -9,25 +9,32 @@ returning once the master holds it; ``seed_stop`` stops it and withdraws the ent
 import os
 import time
 import uuid
+from urllib.parse import urlsplit
 
-from salt_lssd import LssdError, mine, pack, procs
+from salt_lssd import LssdError, credentials, mine, pack, procs
 from salt_lssd import torrent as metainfo
 from salt_lssd.common import read_json, validate_tag, write_json_atomic
 from salt_lssd.settings import number
+from salt_lssd.tracker import new_passkey
 
 
-def tracker_url(minion, tracker=None):
-    """The announce URL: ``tracker`` (a URL or host[:port]), pillar lssd:tracker, or the mine."""
+def tracker_url(minion, tracker=None, passkey=None):
+    """The announce URL, with ``passkey``: ``tracker`` (a URL or host[:port]), pillar
+    lssd:tracker, or the address the tracker minion published to the mine. A URL that
+    carries its own passkey keeps it."""
     if tracker is None:
         host = minion.setting("tracker:host")
         if host:
-            return metainfo.announce_url(host, minion.setting("tracker:port"))
-        return mine.tracker_url(minion)
+            return metainfo.announce_url(host, minion.setting("tracker:port"), passkey)
+        tracker = mine.tracker_url(minion)
     tracker = str(tracker)
     if "://" in tracker:
-        return metainfo.check_announce_url(tracker)
+        parts = urlsplit(metainfo.check_announce_url(tracker))
+        if parts.query or parts.path != "/announce":
+            return tracker
+        return metainfo.announce_url(parts.hostname, parts.port or 80, passkey)
     host, _, port = tracker.rpartition(":") if tracker.count(":") == 1 else (tracker, "", "")
-    return metainfo.announce_url(host or tracker, port or minion.setting("tracker:port"))
+    return metainfo.announce_url(host or tracker, port or minion.setting("tracker:port"), passkey)
 
 
 def create_torrent(minion, tag, files_path=None, tracker=None, compression=None, exclude=None, path_is_file=None):
@@ -37,8 +44,10 @@ def create_torrent(minion, tag, files_path=None, tracker=None, compression=None,
     path_is_file = minion.setting("path_is_file", path_is_file)
     compression = minion.setting("compression", compression)
     exclude = minion.setting("exclude", exclude)
-    url = tracker_url(minion, tracker)
+    # The passkey keeps the swarm's peer list from whoever lacks the torrent (see tracker).
+    url = tracker_url(minion, tracker, new_passkey())
     layout = minion.layout
+    creds = credentials.make(layout.credentials(tag), tag) if minion.setting("ssl") else None
     started = time.time()
     packed = pack.pack(
         files_path, layout.archives, tag, compression=compression, exclude=exclude, path_is_file=path_is_file
@@ -49,14 +58,21 @@ def create_torrent(minion, tag, files_path=None, tracker=None, compression=None,
         "sha256": packed["sha256"],
         "compression": packed["compression"],
         "path_is_file": int(path_is_file),
+        # Peers check free space against it and stop extracting past it (a bomb).
+        "unpacked_size": packed["input_bytes"],
     }
     if path_is_file:
         lssd_meta["file_name"] = os.path.basename(os.path.normpath(files_path))
-    made = metainfo.make_torrent(packed["archive"], layout.torrent(tag), url, lssd=lssd_meta)
+    made = metainfo.make_torrent(packed["archive"], layout.torrent(tag), url, lssd=lssd_meta,
+                                 root_cert=creds and creds["ca"])
     result = dict(packed, **made)
     result.update(
         tag=tag,
         tracker=url,
+        ssl=bool(creds),
+        cert_path=creds and creds["cert_path"],
+        key_path=creds and creds["key_path"],
+        dh_path=creds and creds["dh_path"],
         pack_seconds=round(packed_at - started, 3),
         hash_seconds=round(time.time() - packed_at, 3),
     )
@@ -99,7 +115,11 @@ def published(minion, tag):
         return None
     with open(layout.torrent(tag), "rb") as fh:
         data = fh.read()
-    return mine.torrent_entry(minion, tag, data, meta, procs.read_config(run_dir).get("nonce"))
+    entry = mine.torrent_entry(minion, tag, data, meta, procs.read_config(run_dir).get("nonce"))
+    if meta.get("ssl"):
+        with open(meta["cert_path"]) as cert, open(meta["key_path"]) as key:
+            entry["credentials"] = {"cert": cert.read(), "key": key.read()}
+    return entry
 
 
 def seed_start(minion, tag, publish=True, publish_timeout=60):
@@ -121,6 +141,9 @@ def seed_start(minion, tag, publish=True, publish_timeout=60):
         "nonce": uuid.uuid4().hex,
         "listen": minion.setting("listen"),
         "settings": lt_settings,
+        "ssl_cert": meta.get("cert_path"),
+        "ssl_key": meta.get("key_path"),
+        "ssl_dh": meta.get("dh_path"),
     }
     started = procs.spawn("seeder", run_dir, config)
     started.update(changed=True, tag=tag, infohash=meta["infohash"], nonce=config["nonce"], comment=f"seeding {tag}")
@@ -132,6 +155,7 @@ def seed_start(minion, tag, publish=True, publish_timeout=60):
             lambda entry: entry.get("nonce") == config["nonce"],
             number(publish_timeout, "publish_timeout"),
             tag=tag,
+            **mine.readers(minion),
         )
     minion.fire(f"lssd/seeder/{tag}/start", {"tag": tag, "infohash": meta["infohash"], "size": meta["size"],
                                              "nonce": config["nonce"]})

@@ -166,6 +166,7 @@ TABLE = {
     "keep": (None, _optional(_keep)),
     "state_dir": (None, _optional(_absolute)),
     "listen": ("0.0.0.0:0", _listen),
+    "ssl": (True, _bool),
     "libtorrent_settings": ({}, _libtorrent),
     "tracker:port": (8998, _port),
     "tracker:host": (None, _optional(_tracker_host)),

@@ -12,6 +12,9 @@ with ``post_torrent_updates``) refreshes ``state.json`` for ``lssd.status`` and 
 waiting job.
 """
 
+import errno
+import os
+import re
 import time
 
 from salt_lssd import LssdError, tracker
@@ -30,6 +33,16 @@ _SLICE_PRIORITY, _REST_PRIORITY = 7, 4
 # arrive over some seconds and each answer counts the peers that asked so far.
 _SLICE_POLLS = (0, 1, 2, 4, 8, 16)
 _SLICE_TIMEOUT = 2
+# A peer with no connection to anyone gives up after this many seconds when the tracker never
+# answered (it is unreachable) ...
+TRACKER_GRACE = 30
+# ... or when the tracker answers but no seeder or peer is left to send the rest: waiting the
+# whole timeout would only hide that the source is gone.
+NO_SOURCE_GRACE = 15
+# A peer whose pieces failed their hash check gives up once this many failed, or once no
+# byte more arrived for a few seconds: its sources are banned and the rest of the swarm does
+# not have those pieces (their one source is corrupt).
+_HASH_FAILS, _CORRUPT_GRACE = 3, 5
 
 
 def check_overrides(overrides, name="libtorrent_settings"):
@@ -114,8 +127,10 @@ def settings(role, listen="0.0.0.0:0", overrides=None):
         # No per-block alerts: at 32 peers they cost each peer ~400 Python calls a second on
         # cores the swarm needs for moving bytes. The seeder/peer split comes from
         # get_peer_info() once a second instead (_Loop.poll_sources).
+        # Peer notifications are rare (bans, snubs, peer errors) and name who sent corrupt data.
         "alert_mask": (
             lt.alert.category_t.error_notification
+            | lt.alert.category_t.peer_notification
             | lt.alert.category_t.status_notification
             | lt.alert.category_t.tracker_notification
             | lt.alert.category_t.storage_notification
@@ -146,7 +161,12 @@ def run(role, reporter):
     config = reporter.config
     with open(config["torrent"], "rb") as fh:
         ti = lt.torrent_info(lt.bdecode(fh.read()))
-    ses = lt.session(settings(role, config.get("listen", "0.0.0.0:0"), config.get("settings")))
+    listen = config.get("listen", "0.0.0.0:0")
+    if config.get("ssl_cert"):
+        # An SSL torrent's peers connect only over TLS: listen on SSL sockets alone, so a
+        # port scan finds nothing that speaks plain BitTorrent.
+        listen = ",".join(part.strip() + "s" for part in listen.split(","))
+    ses = lt.session(settings(role, listen, config.get("settings")))
     atp = lt.add_torrent_params()
     atp.ti = ti
     atp.save_path = config["save_path"]
@@ -157,8 +177,12 @@ def run(role, reporter):
         # The archive was hashed moments ago to make the torrent; don't read it all again.
         atp.flags |= lt.torrent_flags.seed_mode
     handle = ses.add_torrent(atp)
+    port = ses.listen_port()
+    if config.get("ssl_cert"):
+        handle.set_ssl_certificate(config["ssl_cert"], config["ssl_key"], config["ssl_dh"])
+        port = ses.ssl_listen_port()
     loop = _SeederLoop if role == "seeder" else _PeerLoop
-    loop(reporter, ses, handle, config, ses.listen_port()).run()
+    loop(reporter, ses, handle, config, port).run()
 
 
 class _Loop:
@@ -177,6 +201,9 @@ class _Loop:
         # total is what came from other peers.
         self.seeder_conns = {}
         self.seeder_closed = 0
+        self.announced = False  # a tracker reply came at least once
+        self.hash_fails = []  # piece indices that failed their hash check
+        self.banned = []  # "ip:port" of peers libtorrent banned for sending corrupt data
 
     def status_fields(self, st):
         return {
@@ -234,7 +261,17 @@ class _Loop:
                 self.handle.force_reannounce(_TRACKER_RETRY)
             elif isinstance(alert, lt.tracker_reply_alert):
                 self.tracker_error = None
-            elif isinstance(alert, (lt.file_error_alert, lt.torrent_error_alert)):
+                self.announced = True
+            elif isinstance(alert, lt.hash_failed_alert):
+                self.hash_fails.append(alert.piece_index)
+                self.on_hash_failed(alert.piece_index)
+            elif isinstance(alert, lt.peer_ban_alert):
+                self.banned.append("%s:%d" % tuple(alert.ip))
+            elif isinstance(alert, lt.torrent_checked_alert):
+                self.on_checked()
+            elif isinstance(alert, lt.file_error_alert):
+                self.error = file_error(alert)
+            elif isinstance(alert, lt.torrent_error_alert):
                 self.error = alert.message()
             elif isinstance(alert, lt.listen_failed_alert):
                 self.error = alert.message()
@@ -250,6 +287,7 @@ class _Loop:
                 if now >= next_update:
                     self.ses.post_torrent_updates()
                     next_update = now + 1.0
+                    self.tick(now)
                 self.handle_alerts(lt)
                 if self.error:
                     raise LssdError(self.error)
@@ -266,17 +304,69 @@ class _Loop:
     def on_finished(self):
         pass
 
+    def on_checked(self):
+        pass
+
+    def on_hash_failed(self, piece):
+        pass
+
+    def tick(self, now):
+        """Once a second: the checks that end the run with a reason (raise LssdError)."""
+
     def on_status(self, st):
         self.reporter.report(status=self.current_status(), **self.status_fields(st))
+
+
+def file_error(alert):
+    """The words for a libtorrent file error: the file, the operation's cause, and for a full
+    disk "no space left on device" with the directory, which is what the operator must fix."""
+    path, code = alert.filename(), alert.error
+    if code.value() == errno.ENOSPC:
+        return f"no space left on device in {os.path.dirname(path) or '.'} (writing {path})"
+    return f"cannot read or write {path}: {code.message()}"
+
+
+def _without_query(text):
+    """``text`` with every URL's query cut: the passkey stays out of messages and events."""
+    return re.sub(r"(https?://[^\s?]+)\?[^\s)\]]*", r"\1", text)
+
+
+def _archive_identity(path):
+    """What tells a changed archive: (size, mtime, inode, device); None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
 class _SeederLoop(_Loop):
     def __init__(self, *args):
         super().__init__(*args)
-        self.reporter.report(status="seeding", port=self.port)
+        self.archive = os.path.join(self.config["save_path"], self.handle.torrent_file().name())
+        self.identity = _archive_identity(self.archive)
+        self.reporter.report(status="seeding", port=self.port, archive=self.archive)
 
     def current_status(self):
         return "seeding"
+
+    def tick(self, now):
+        # Pieces are hashed once, when the torrent is made (seed mode): an archive rewritten
+        # since would be served as it is now, and peers would wait for pieces that never fit.
+        if _archive_identity(self.archive) != self.identity:
+            self.reporter.report(archive_changed=True)
+            raise LssdError(
+                f"archive {self.archive} changed on disk (size, mtime or inode) or cannot be read since "
+                f"seeding started; stopped seeding: make the torrent again (lssd.create_torrent)"
+            )
+
+    def on_hash_failed(self, piece):
+        # Seed mode checks each piece the first time a peer asks for it.
+        self.reporter.report(archive_changed=True)
+        raise LssdError(
+            f"archive {self.archive} is corrupt: piece {piece} does not match the torrent; "
+            "stopped seeding: make the torrent again (lssd.create_torrent)"
+        )
 
 
 class _PeerLoop(_Loop):
@@ -292,8 +382,53 @@ class _PeerLoop(_Loop):
         # A peer that never completes must not run forever: the Salt job gives up after
         # `timeout`, and so does the process (with some slack for its own last report).
         self.deadline = time.time() + float(self.config.get("timeout", 3600)) + 30
+        self.alone_since = None  # since when no peer is connected, while downloading
+        self.last_done = (-1, 0.0)  # (total_done, when it last grew)
         self.reporter.report(status="downloading", port=self.port, progress=0.0)
         self.update_slice(time.time())
+
+    def on_checked(self):
+        # Data of an earlier attempt at this info-hash was checked piece by piece: what
+        # passed is kept, and the rest is downloaded.
+        # Alerts come in batches: what we have now less what arrived since is what was reused.
+        st = self.handle.status()
+        fetched = st.total_payload_download - st.total_redundant_bytes - st.total_failed_bytes
+        self.reporter.report(reused=max(0, st.total_done - fetched))
+
+    def tick(self, now):
+        st = self.handle.status()
+        if self.finished_at is not None or st.is_seeding:
+            return
+        alone = st.num_peers == 0
+        self.alone_since = (self.alone_since or now) if alone else None
+        if st.total_done != self.last_done[0]:
+            self.last_done = (st.total_done, now)
+        if self.hash_fails:
+            self._check_corrupt(now - self.last_done[1])
+        waited = now - self.alone_since if alone else 0
+        if not self.announced and waited >= TRACKER_GRACE:
+            url = _without_query((self.handle.trackers() or [{}])[0].get("url") or "")
+            raise LssdError(
+                f"tracker {url} unreachable: no answer and no peer for {TRACKER_GRACE}s"
+                + (f" ({_without_query(self.tracker_error)})" if self.tracker_error else "")
+            )
+        if self.announced and waited >= NO_SOURCE_GRACE:
+            raise LssdError(
+                f"no source left at {round(st.progress * 100, 2)}%: no seeder or peer connected for "
+                f"{NO_SOURCE_GRACE}s although the tracker answers (was the seeder stopped, or did it "
+                "fail? see lssd.status on the seeder)"
+            )
+
+    def _check_corrupt(self, stalled):
+        """Fail on corrupt data: enough failed pieces, or no progress since for a few seconds."""
+        if len(self.hash_fails) < _HASH_FAILS and stalled < _CORRUPT_GRACE:
+            return
+        sources = ", ".join(sorted(set(self.banned))) or "an unknown peer"
+        self.reporter.report(corrupt=True)
+        raise LssdError(
+            f"corrupt data from {sources}: {len(self.hash_fails)} pieces failed their hash check "
+            f"(first: piece {self.hash_fails[0]}); the source's archive does not match the torrent"
+        )
 
     def current_status(self):
         return "lingering" if self.finished_at else "downloading"

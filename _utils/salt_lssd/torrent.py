@@ -9,7 +9,6 @@ piece hashes stay under ``MAX_PIECES * 20`` bytes.
 import hashlib
 import os
 import time
-from urllib.parse import urlsplit
 
 from salt_lssd import LssdError, __version__, bencode
 from salt_lssd.common import write_atomic
@@ -56,8 +55,11 @@ def check_announce_url(url):
     return client.check_announce_url(url)
 
 
-def make_torrent(archive, torrent_path, tracker, lssd=None):
+def make_torrent(archive, torrent_path, tracker, lssd=None, root_cert=None):
     """Hash ``archive`` and write a private v1 .torrent announcing ``tracker``.
+
+    With ``root_cert`` (PEM) it is an SSL torrent: libtorrent connects its peers only over
+    TLS with certificates signed by that authority (the info dictionary's ``ssl-cert``).
 
     ``lssd`` (tag, sha256, compression...) is kept in the torrent's top-level ``lssd`` key:
     outside the info dictionary, so it does not change the info-hash and other clients
@@ -82,6 +84,8 @@ def make_torrent(archive, torrent_path, tracker, lssd=None):
         "pieces": b"".join(hashes),
         "private": 1,
     }
+    if root_cert:
+        info["ssl-cert"] = root_cert.encode("ascii") if isinstance(root_cert, str) else root_cert
     meta = {
         "announce": tracker,
         "created by": f"salt-lssd {__version__}",
@@ -103,8 +107,9 @@ def make_torrent(archive, torrent_path, tracker, lssd=None):
 def read_torrent(data):
     """Parse single-file .torrent bytes.
 
-    Returns ``{"infohash", "name", "size", "piece_size", "tracker", "lssd"}``; ``lssd`` is
-    what :py:func:`make_torrent` kept (str keys and values), or ``{}``.
+    Returns ``{"infohash", "name", "size", "piece_size", "tracker", "lssd", "ssl"}``; ``lssd``
+    is what :py:func:`make_torrent` kept (str keys and values), or ``{}``; ``ssl`` whether it
+    is an SSL torrent (peers need the deploy's certificate).
     """
     try:
         meta = bencode.decode(data)
@@ -128,4 +133,5 @@ def read_torrent(data):
         "piece_size": piece_size,
         "tracker": tracker,
         "lssd": lssd,
+        "ssl": b"ssl-cert" in info,
     }

@@ -65,10 +65,11 @@ def stop(minion):
 
 
 def status(minion):
-    current = procs.state(minion.layout.run_dir("tracker"))
+    run_dir = minion.layout.run_dir("tracker")
+    current = procs.state(run_dir)
     if not current["running"]:
         return {"running": False, "comment": "tracker is not running"}
-    data = tracker.fetch_status(current.get("bind", "127.0.0.1"), current["port"])
+    data = tracker.fetch_status(current.get("bind", "127.0.0.1"), current["port"], run_dir=run_dir)
     data.update(running=True, pid=current.get("pid"), port=current["port"], bind=current.get("bind"))
     return data
 
@@ -92,5 +93,5 @@ def allow(minion, ref):
     if ref is None:
         raise LssdError("tracker_allow needs a .torrent path or a tag")
     tag, info = _torrent_info(minion, str(ref))
-    result = tracker.allow(minion.layout.root, info["infohash"], tag)
+    result = tracker.allow(minion.layout.root, info["infohash"], tag, passkey=tracker.passkey_of(info["tracker"]))
     return dict(result, tag=tag, infohash=info["infohash"])

@@ -75,7 +75,8 @@ def built(fleet, tmp_path):
 
 def test_create_torrent_records_and_announces(fleet, built):
     made, result = built
-    assert result["tracker"] == "http://127.0.0.1:6969/announce"
+    assert result["tracker"].startswith("http://127.0.0.1:6969/announce?passkey=")
+    assert result["ssl"] is True and os.path.isfile(result["key_path"])
     assert seeder.torrent_info(made, "T1")["infohash"] == result["infohash"]
     assert ("lssd/seeder/T1/torrent", {k: result[k] for k in ("tag", "infohash", "sha256", "size")}) in fleet.events
 

@@ -1,0 +1,76 @@
+"""Only the deploy's hosts take part: attacks by a host on the same network.
+
+The attacker here knows everything but the deploy's certificate: the info-hash, the
+seeder's port, even the whole .torrent. It runs a real libtorrent session (a standard
+client) and a raw BitTorrent handshake against the seeder, while a targeted peer downloads.
+"""
+
+import socket
+import time
+
+import libtorrent as lt
+import pytest
+from lssd_testutil import make_build_tree
+
+TAG = "Locked1"
+
+
+@pytest.fixture
+def seeding(make_minion, tmp_path, tracker_port):
+    tracker = make_minion("tracker")
+    seeder = make_minion("seeder", seeder_files_path=make_build_tree(tmp_path / "build", data_mb=4))
+    tracker.modules.lssd.tracker_start(port=tracker_port, bind="127.0.0.1")
+    made = seeder.modules.lssd.create_torrent(TAG)
+    tracker.modules.lssd.tracker_allow(made["torrent"])
+    started = seeder.modules.lssd.seed_start(TAG)
+    yield tracker, seeder, made, started["port"]
+    seeder.modules.lssd.seed_stop()
+    tracker.modules.lssd.tracker_stop()
+
+
+def test_the_torrent_is_an_ssl_torrent_with_a_passkey(seeding):
+    _, _, made, _ = seeding
+    with open(made["torrent"], "rb") as fh:
+        info = lt.torrent_info(lt.bdecode(fh.read()))
+    assert info.ssl_cert().startswith("-----BEGIN CERTIFICATE-----")
+    assert "?passkey=" in made["tracker"]
+
+
+def outsider(torrent, save_path, port):
+    """A standard libtorrent client holding the .torrent but no certificate, aimed at ``port``."""
+    ses = lt.session({"listen_interfaces": "127.0.0.1:0,127.0.0.1:0s", "enable_dht": False, "enable_lsd": False,
+                      "enable_upnp": False, "enable_natpmp": False, "enable_incoming_utp": False,
+                      "enable_outgoing_utp": False, "allow_multiple_connections_per_ip": True})
+    with open(torrent, "rb") as fh:
+        handle = ses.add_torrent({"ti": lt.torrent_info(lt.bdecode(fh.read())), "save_path": str(save_path)})
+    handle.connect_peer(("127.0.0.1", port))
+    return ses, handle
+
+
+def test_an_outsider_with_the_torrent_gets_no_piece_while_a_peer_does(seeding, make_minion, tmp_path):
+    _, _, made, port = seeding
+    ses, handle = outsider(made["torrent"], tmp_path / "stolen", port)
+    peer = make_minion("peer")
+    summary = peer.modules.lssd.peer(TAG, destination_path=str(tmp_path / "dest"), torrent=made["torrent"], linger=1)
+    assert summary["bytes"] == made["size"]
+    # The peer finished in the time the outsider had; give it a few more seconds of trying.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        handle.connect_peer(("127.0.0.1", port))
+        assert handle.status().total_done == 0, "the outsider received data from the seeder"
+        time.sleep(0.5)
+    del ses
+
+
+def test_a_plain_bittorrent_handshake_to_the_seeder_is_not_answered(seeding):
+    _, _, made, port = seeding
+    info_hash = bytes.fromhex(made["infohash"])
+    hello = b"\x13BitTorrent protocol" + bytes(8) + info_hash + b"-XX0001-" + bytes(12)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(hello)
+        conn.settimeout(10)
+        try:
+            answer = conn.recv(68)
+        except (ConnectionResetError, socket.timeout):
+            answer = b""
+    assert info_hash not in answer, "the seeder answered a plain handshake for its info-hash"
