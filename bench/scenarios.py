@@ -502,6 +502,7 @@ def lssd(ctx):
     }
     if ctx.args.settings:
         lssd_pillar["libtorrent_settings"] = ctx.args.settings
+    lssd_pillar.update(getattr(ctx.args, "pillar", None) or {})
     cluster.write_pillar(salt.pillar, lssd_pillar, "peer*", dest_root + "/{{ grains['id'] }}")
     salt.job("*", "saltutil.refresh_pillar", [], timeout=60)
     salt.job("*", "saltutil.sync_all", [], timeout=120)
