@@ -6,14 +6,24 @@ in its own session, outliving the Salt job that started it. Its ``run_dir`` hold
 - ``config.json``: what the starter asked for;
 - ``pid``: "<pid> <start time>" -- the start time (from /proc) guards against a reused pid;
 - ``state.json``: what the process reports (status, progress, rates), rewritten atomically;
-- ``log``: its stdout and stderr.
+- ``log``: its stdout and stderr;
+- ``exit``: its exit status, written by the shell that started it (a killed process cannot
+  report its own end);
+- ``reserve.json``: space set aside at start, where the last state goes when ``state.json``
+  cannot be written (a full disk), so the waiting job still learns why.
 
 A process is *running* when its pidfile names a live, non-zombie process with the same start
-time. Starting what runs is a no-op; stopping what does not run says so.
+time whose command line is ``python -m salt_lssd <role> <run_dir>`` for that very run
+directory, and the pidfile and run directory belong to the user running lssd and only it can
+write them: a pidfile someone else planted never makes us signal a process.
+Starting what runs is a no-op; stopping what does not run says so.
 """
 
+import errno
+import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -24,6 +34,9 @@ from salt_lssd.common import ensure_dir, read_json, write_atomic, write_json_ato
 # The directory holding the salt_lssd package: on PYTHONPATH for the child, so the classic
 # install (package synced to <extmods>/utils) needs no manual step.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The last state when state.json cannot be written: a file of blanks of this size.
+RESERVE = "reserve.json"
+_RESERVE_SIZE = 4096
 
 
 def _proc_start_time(pid):
@@ -42,15 +55,54 @@ def _proc_start_time(pid):
     return int(fields[19])
 
 
-def pid_of(run_dir):
-    """The pid of the process running from ``run_dir``, or None."""
+def _private(path, st):
+    """Whether ``st`` (of ``path``) is ours and, for a directory, writable by us alone."""
+    if st.st_uid != os.geteuid():
+        return False
+    return not (stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022)
+
+
+def _runs_from(pid, run_dir):
+    """Whether ``pid``'s command line is ``... -m salt_lssd <role> <run_dir>`` for this run_dir."""
     try:
-        with open(os.path.join(run_dir, "pid")) as fh:
-            pid_s, start_s = fh.read().split()
-        pid, start = int(pid_s), int(start_s)
-    except (FileNotFoundError, ValueError):
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            args = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0")[:-1]]
+    except OSError:
+        return False
+    if len(args) < 5 or args[-4:-2] != ["-m", "salt_lssd"]:
+        return False
+    role, where = args[-2], os.path.abspath(args[-1])
+    name = os.path.basename(where)
+    return where == os.path.abspath(run_dir) and (name == role or name.startswith(role + "-"))
+
+
+def _read_pidfile(run_dir):
+    """(pid, start time) from ``run_dir``'s pidfile if it and its directories are ours alone."""
+    run_dir = os.path.abspath(run_dir)
+    try:
+        fd = os.open(os.path.join(run_dir, "pid"), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
         return None
-    if _proc_start_time(pid) != start:
+    with os.fdopen(fd) as fh:
+        st = os.fstat(fd)
+        text = fh.read(64)
+    try:
+        trusted = _private(run_dir, st) and all(
+            _private(d, os.stat(d)) for d in (run_dir, os.path.dirname(run_dir))
+        )
+        pid_s, start_s = text.split()
+        return (int(pid_s), int(start_s)) if trusted and stat.S_ISREG(st.st_mode) else None
+    except (OSError, ValueError):
+        return None
+
+
+def pid_of(run_dir):
+    """The pid of the lssd process running from ``run_dir``, or None (see the module doc)."""
+    found = _read_pidfile(run_dir)
+    if found is None:
+        return None
+    pid, start = found
+    if _proc_start_time(pid) != start or not _runs_from(pid, run_dir):
         return None
     return pid
 
@@ -63,8 +115,48 @@ def write_pidfile(run_dir):
 def state(run_dir):
     """The last state the process reported, with ``running`` telling whether it is alive."""
     data = read_json(os.path.join(run_dir, "state.json"), default={}) or {}
+    reserve = _read_reserve(run_dir)
+    if reserve.get("updated", 0) > data.get("updated", 0):
+        data = reserve
     data["running"] = pid_of(run_dir) is not None
     return data
+
+
+def _read_reserve(run_dir):
+    try:
+        with open(os.path.join(run_dir, RESERVE), "rb") as fh:
+            text = fh.read().strip()
+        return json.loads(text) if text else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def exit_status(run_dir):
+    """How the process of ``run_dir`` ended, in words ("killed by SIGKILL", "exited with
+    code 1"), or None while its starting shell has not recorded it."""
+    try:
+        with open(os.path.join(run_dir, "exit")) as fh:
+            code = int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+    if code > 128:  # the shell's way of saying "killed by signal code - 128"
+        try:
+            return f"killed by {signal.Signals(code - 128).name}"
+        except ValueError:
+            return f"killed by signal {code - 128}"
+    return f"exited with code {code}"
+
+
+def vanished(run_dir, wait=3.0):
+    """Why a process that left no final status ended: its exit status (waiting up to
+    ``wait`` s for the shell to record it) and the tail of its log."""
+    deadline = time.monotonic() + wait
+    how = exit_status(run_dir)
+    while how is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        how = exit_status(run_dir)
+    tail = _tail(os.path.join(run_dir, "log"), 5).strip()
+    return f"{how or 'vanished'} (no final report)" + (f"; last lines of {run_dir}/log:\n{tail}" if tail else "")
 
 
 def read_config(run_dir):
@@ -81,28 +173,34 @@ def spawn(role, run_dir, config, ready_timeout=30):
     pid = pid_of(run_dir)
     if pid is not None:
         raise LssdError(f"{role} already running from {run_dir} (pid {pid})")
-    for stale in ("pid", "state.json"):
+    for stale in ("pid", "state.json", RESERVE):
         try:
             os.unlink(os.path.join(run_dir, stale))
         except FileNotFoundError:
             pass
+    # Blanks the shell overwrites in place with the exit status (no new space needed then).
+    write_atomic(os.path.join(run_dir, "exit"), " " * 16)
     write_json_atomic(os.path.join(run_dir, "config.json"), config)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p
     )
-    log = open(os.path.join(run_dir, "log"), "ab")
+    log = os.fdopen(_private_file(os.path.join(run_dir, "log"), os.O_APPEND), "ab")
     try:
         # A short-lived launcher starts the role in a new session and exits at once, so the
         # role is re-parented away from the Salt job (which may be a long-lived process
         # that would never reap it) and survives the job's process group.
+        # The role runs under a small shell that records its exit status, so a role killed
+        # by a signal (no chance to report) still tells the waiting job how it ended.
         launcher = (
             "import subprocess, sys\n"
             "subprocess.Popen(sys.argv[1:], start_new_session=True, close_fds=True,\n"
             "                 stdin=subprocess.DEVNULL)\n"
         )
+        record = '"$@"; echo "$?" 1<>"$0"'
         subprocess.run(
-            [sys.executable, "-c", launcher, sys.executable, "-m", "salt_lssd", role, run_dir],
+            [sys.executable, "-c", launcher, "/bin/sh", "-c", record, os.path.join(run_dir, "exit"),
+             sys.executable, "-m", "salt_lssd", role, run_dir],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -129,10 +227,20 @@ def spawn(role, run_dir, config, ready_timeout=30):
     current = state(run_dir)
     if current["running"]:
         stop(run_dir)
-    raise LssdError(
-        f"{role} did not report ready within {ready_timeout}s; its log is {run_dir}/log:\n"
-        + _tail(os.path.join(run_dir, "log"))
-    )
+        raise LssdError(
+            f"{role} did not report ready within {ready_timeout}s; its log is {run_dir}/log:\n"
+            + _tail(os.path.join(run_dir, "log"))
+        )
+    if current.get("status") == "failed":
+        raise LssdError(f"{role} failed to start: {current.get('error', 'see ' + run_dir + '/log')}")
+    raise LssdError(f"{role} ended before it reported ready: {vanished(run_dir)}")
+
+
+def _private_file(path, flags):
+    """A file descriptor for writing ``path``, readable by its owner only whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def _tail(path, lines=20):
@@ -176,8 +284,14 @@ class Reporter:
         self.stopping = False
         self.started = time.time()
         self._state = {"status": "starting", "pid": os.getpid(), "started": self.started}
+        # What a role writes (libtorrent's downloads included) is for this user alone,
+        # whatever umask the Salt job that started it had.
+        os.umask(0o077)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
+        # Taken while there is space: the last report still fits when the disk is full.
+        with os.fdopen(_private_file(os.path.join(run_dir, RESERVE), os.O_TRUNC), "wb") as fh:
+            fh.write(b" " * _RESERVE_SIZE)
         write_pidfile(run_dir)
         self.report()
 
@@ -189,9 +303,34 @@ class Reporter:
         return self._state.get("status")
 
     def report(self, **fields):
+        """Write the state with ``fields``; LssdError naming the cause if it cannot be written
+        (not for a final "failed" report, which goes to the reserve and ends the process)."""
         self._state.update(fields)
         self._state["updated"] = time.time()
-        write_json_atomic(os.path.join(self.run_dir, "state.json"), self._state)
+        path = os.path.join(self.run_dir, "state.json")
+        try:
+            write_json_atomic(path, self._state)
+        except OSError as exc:
+            cause = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror
+            if self._state.get("status") != "failed":
+                self._state.update(status="failed", error=f"cannot write {path}: {cause}")
+            self._write_reserve()
+            if fields.get("status") != "failed":
+                raise LssdError(self._state["error"]) from exc
+
+    def _write_reserve(self):
+        """The state, over the blanks set aside at start (in place: no new space needed)."""
+        keep = {k: self._state.get(k) for k in ("status", "pid", "started", "updated", "progress")}
+        keep["error"] = str(self._state.get("error") or "")[: _RESERVE_SIZE // 2]
+        data = json.dumps(keep).encode()[:_RESERVE_SIZE]
+        try:
+            fd = os.open(os.path.join(self.run_dir, RESERVE), os.O_WRONLY)
+            try:
+                os.pwrite(fd, data.ljust(_RESERVE_SIZE), 0)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # nothing more can be done; the exit status still tells the waiting job
 
 
 def stop_each(role, run_dirs, tag=None):
