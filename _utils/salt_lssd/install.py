@@ -31,18 +31,20 @@ import tempfile
 import threading
 
 from salt_lssd import LssdError
-from salt_lssd.common import validate_tag
+from salt_lssd.common import fsync_dir, validate_tag
 from salt_lssd.pack import (
     CHUNK,
     check_compression,
     compression_of,
-    fsync_dir,
     link_escapes,
     tool_command,
 )
 
 # Mode of the target directory when neither ``mode`` nor the archive's root entry says.
 DEFAULT_MODE = 0o755
+# Without the unpacked size recorded in the torrent (older torrents), extraction stops at this
+# many times the archive's size: far above any real build's ratio, far below a zstd bomb's.
+BOMB_RATIO = 100
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -276,10 +278,12 @@ def _hardlink_source(member):
 class _Extractor:
     """Writes checked members below ``root``, which it owns (a fresh temporary directory)."""
 
-    def __init__(self, root, uid, gid):
+    def __init__(self, root, uid, gid, max_bytes=None, cap_source=""):
         self.root = root
         self.uid = uid
         self.gid = gid
+        self.max_bytes = max_bytes  # of regular files; past it extraction stops (a bomb)
+        self.cap_source = cap_source
         self.kinds = {}  # relative path -> "dir" | "file" | "symlink"
         self.dirs = {}  # relative path -> (mode, mtime or None); applied once all is written
         self.symlinks = []
@@ -335,6 +339,7 @@ class _Extractor:
             self.kinds[name] = "dir"
             self.dirs[name] = (member.mode & 0o7777, member.mtime)
         elif member.isreg():
+            self._check_cap(member)
             self._file(tar, member, path)
             self.kinds[name] = "file"
             self.bytes += member.size
@@ -364,6 +369,15 @@ class _Extractor:
                 "directories, symlinks and hardlinks are installed"
             )
         self.files += 1
+
+    def _check_cap(self, member):
+        # The header says how much is coming: refuse before writing a byte of it.
+        if self.max_bytes is not None and self.bytes + member.size > self.max_bytes:
+            raise LssdError(
+                f"archive member {member.name!r} would bring the extracted size to "
+                f"{self.bytes + member.size} bytes, past the cap of {self.max_bytes} bytes "
+                f"({self.cap_source}); refused as a decompression bomb, nothing was installed"
+            )
 
     def _file(self, tar, member, path):
         fd = os.open(path, _CREATE, 0o600)
@@ -594,6 +608,25 @@ def _finish_tree(tmp, extractor, mode):
     _write_back(tmp)
 
 
+def _size_cap(archive, unpacked_size, parent, tag):
+    """(cap on extracted bytes, what it comes from), after checking ``parent`` has room."""
+    if unpacked_size is not None:
+        try:
+            unpacked_size = int(unpacked_size)
+        except (TypeError, ValueError):
+            raise LssdError(f"unpacked_size {unpacked_size!r} must be a number of bytes") from None
+        fs = os.statvfs(parent)
+        free = fs.f_bavail * fs.f_frsize
+        if unpacked_size > free:
+            raise LssdError(
+                f"no space left to install {tag}: {parent} has {free} bytes free, "
+                f"{unpacked_size} are needed (the unpacked size the seeder recorded)"
+            )
+        return unpacked_size, "the unpacked size the seeder recorded in the torrent"
+    size = os.path.getsize(archive)
+    return max(size, 1 << 20) * BOMB_RATIO, f"{BOMB_RATIO} x the archive's size; the torrent records no unpacked size"
+
+
 def install(
     archive,
     destination_path,
@@ -607,6 +640,7 @@ def install(
     path_is_file=False,
     file_name=None,
     sha256=None,
+    unpacked_size=None,
 ):
     """Install ``archive`` as ``destination_path/<tag>``, atomically.
 
@@ -638,6 +672,11 @@ def install(
     sha256
         If given, the archive's SHA-256 is computed while it is read for extraction (one read
         of the file) and the install fails, leaving nothing behind, if it differs.
+    unpacked_size
+        Bytes of regular files the archive holds, as the seeder recorded them (the torrent's
+        ``lssd`` dict). The destination must have that much free space, and extraction stops,
+        leaving nothing behind, once it would write more. Default: no space check, and a cap
+        of ``BOMB_RATIO`` x the archive's size.
 
     Returns ``target``, ``files`` (installed entries below the target), ``bytes`` (of regular
     files), ``replaced`` (something was at the target before) and ``sha256`` (None unless
@@ -662,10 +701,11 @@ def install(
     parent = os.path.dirname(target)
     try:
         os.makedirs(parent, mode=DEFAULT_MODE, exist_ok=True)
+        cap, cap_source = _size_cap(archive, unpacked_size, parent, tag)
         tmp = tempfile.mkdtemp(prefix=f".{tag}.lssd-tmp-", dir=parent)
     except OSError as exc:
         raise LssdError(f"cannot create a directory in {parent!r}: {exc.strerror}") from exc
-    extractor = _Extractor(tmp, plan["uid"], plan["gid"])
+    extractor = _Extractor(tmp, plan["uid"], plan["gid"], None if path_is_file else cap, cap_source)
     try:
         try:
             if path_is_file:

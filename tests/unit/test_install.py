@@ -510,3 +510,55 @@ def test_path_is_file_errors(tree, dest, tmp_path):
         with pytest.raises(LssdError, match=rf"file_name {bad!r} must be a plain file name"):
             install.install(packed["archive"], dest, TAG, path_is_file=True, file_name=bad)
     assert not os.path.exists(dest)
+
+
+# -- size cap and free space ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", pack.COMPRESSIONS)
+def test_exact_recorded_size_installs(tree, dest, packed, compression):
+    made = packed(compression)
+    done = install.install(made["archive"], dest, TAG, unpacked_size=made["input_bytes"], sha256=made["sha256"])
+    assert done["bytes"] == made["input_bytes"]
+
+
+@pytest.mark.parametrize("compression", pack.COMPRESSIONS)
+def test_extraction_stops_past_the_recorded_size(dest, packed, compression):
+    made = packed(compression)
+    with pytest.raises(LssdError) as err:
+        install.install(made["archive"], dest, TAG, unpacked_size=made["input_bytes"] - 1)
+    message = str(err.value)
+    assert f"past the cap of {made['input_bytes'] - 1} bytes" in message
+    assert "the unpacked size the seeder recorded" in message and "decompression bomb" in message
+    assert_nothing_left(dest)
+
+
+def test_older_torrent_cap_is_a_multiple_of_the_archive(dest, tmp_path):
+    # Without a recorded size the cap is 100 x the archive (at least 1 MiB): a 101 MiB member
+    # of zeros (a sparse file here) compresses to a few KiB and passes it.
+    zeros = tmp_path / "zeros"
+    with open(zeros, "wb") as fh:
+        fh.truncate(101 << 20)
+    archive = tmp_path / "bomb.tar.zst"
+    with tarfile.open(tmp_path / "bomb.tar", "w") as tar:
+        tar.add(zeros, arcname="zeros")
+    subprocess.run(["zstd", "-q", "-f", str(tmp_path / "bomb.tar"), "-o", str(archive)], check=True)
+    with pytest.raises(LssdError, match=r"100 x the archive's size; the torrent records no unpacked size"):
+        install.install(str(archive), dest, TAG)
+    assert_nothing_left(dest)
+
+
+def test_recorded_size_beyond_free_space_is_refused_before_extracting(dest, packed):
+    made = packed("none")
+    os.makedirs(dest)
+    free = os.statvfs(dest).f_bavail * os.statvfs(dest).f_frsize
+    with pytest.raises(LssdError) as err:
+        install.install(made["archive"], dest, TAG, unpacked_size=free + 1)
+    assert f"no space left to install {TAG}: {dest} has" in str(err.value)
+    assert f"{free + 1} are needed" in str(err.value)
+    assert_nothing_left(dest)
+
+
+def test_bad_unpacked_size(dest, packed):
+    with pytest.raises(LssdError, match=r"unpacked_size 'lots' must be a number of bytes"):
+        install.install(packed("none")["archive"], dest, TAG, unpacked_size="lots")
