@@ -1,5 +1,5 @@
 """
-Grains ``lssd_current`` and ``lssd_tags``: target minions by the tag they hold.
+Grains ``lssd_current``, ``lssd_tags`` and ``lssd_links``: target minions by the tag they hold.
 
 .. code-block:: bash
 
@@ -7,7 +7,9 @@ Grains ``lssd_current`` and ``lssd_tags``: target minions by the tag they hold.
     salt -G 'lssd_tags:Deploy6' lssd.status
 
 ``lssd_tags`` lists the tags lssd installed on the minion (and that are still in place);
-``lssd_current`` is the tag the ``current`` symlink (``lssd:current``) points to. They are read
+``lssd_current`` is the tag the ``current`` symlink (``lssd:current``) points to (a list when
+several destinations on the minion point to different tags); ``lssd_links`` maps each such
+symlink's path to its tag. They are read
 from the install records below ``lssd:state_dir`` of the minion config, else
 ``<cachedir>/lssd``; a deploy refreshes them when it completes.
 """

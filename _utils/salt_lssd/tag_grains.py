@@ -1,4 +1,4 @@
-"""What a minion holds, as grains: the tags lssd installed and the tag ``current`` points to.
+"""What a minion holds, as grains: the tags lssd installed and the tags ``current`` points to.
 
 Grains modules get the minion's options but neither ``__salt__`` nor pillar, so the state
 directory is ``lssd:state_dir`` of the minion config, else ``<cachedir>/lssd`` -- where the
@@ -19,16 +19,20 @@ def state_dir(opts):
 
 
 def grains(opts):
-    """``lssd_tags`` (sorted) and ``lssd_current`` (the tag a symlink beside the installed tags
-    points to; a list when several destinations point to different tags)."""
+    """``lssd_tags`` (sorted), ``lssd_current`` (the tag a symlink beside the installed tags
+    points to; a list when several destinations point to different tags) and ``lssd_links``
+    (each such symlink's path and the tag it points to)."""
     records = inventory.installed(types.SimpleNamespace(layout=Layout(state_dir(opts))))
     if not records:
         return {}
-    current = set()
+    links = {}
     for tag, record in records.items():
-        if releases.links_to(os.path.dirname(os.path.normpath(record["target"])), tag):
-            current.add(tag)
+        destination = os.path.dirname(os.path.normpath(record["target"]))
+        for name in releases.links_to(destination, tag):
+            links[os.path.join(destination, name)] = tag
     found = {"lssd_tags": sorted(records)}
+    current = sorted(set(links.values()))
     if current:
-        found["lssd_current"] = current.pop() if len(current) == 1 else sorted(current)
+        found["lssd_current"] = current[0] if len(current) == 1 else current
+        found["lssd_links"] = links
     return found

@@ -12,12 +12,13 @@ import sys
 import time
 
 # Outputters meant for people; any other (json, yaml, raw ...) is read by a program.
+# (``salt-run --quiet`` hides the return data: what is left is this display and the table.)
 HUMAN_OUTPUTTERS = (None, "", "nested", "highstate", "txt")
 
 
 def mode_for(opts, stream=None):
     stream = stream or sys.stdout
-    if opts.get("output") not in HUMAN_OUTPUTTERS or opts.get("quiet"):
+    if opts.get("output") not in HUMAN_OUTPUTTERS:
         return "quiet"
     return "live" if stream.isatty() else "lines"
 
@@ -63,13 +64,16 @@ class Display:
         """Redraw the progress block (live), or a progress line every 10 s (lines)."""
         now = time.monotonic()
         every = 0.5 if self.mode == "live" else 10.0
-        if self.mode == "quiet" or (not force and now - self._last < every):
+        # A log (lines) gets a line every 10 s, however much happens in between.
+        if self.mode == "quiet" or ((not force or self.mode == "lines") and now - self._last < every):
             return
         self._last = now
-        block = [line[: self.width - 1] for line in progress_lines(view, now - view.started)]
+        block = progress_lines(view, now - view.started)
         if self.mode == "lines":
             self._write(block[0] + "\n" + block[1] + "\n")
             return
+        # A line wider than the terminal would wrap and break the redraw in place.
+        block = [line[: self.width - 1] for line in block]
         self._clear()
         self._write("".join(line + "\x1b[K\n" for line in block))
         self._drawn = len(block)
@@ -94,7 +98,7 @@ def progress_lines(view, elapsed):
     counts = view.counts()
     total = len(view.peers)
     head = (
-        f"  {elapsed:5.0f}s  peers {counts['done']}/{total} done, {counts['downloading']} downloading, "
+        f"  {elapsed:4.0f}s  peers {counts['done']}/{total} done, {counts['downloading']} downloading, "
         f"{counts['installing']} installing, {counts['waiting']} waiting, {counts['failed']} failed"
     )
     rates = (
@@ -104,12 +108,12 @@ def progress_lines(view, elapsed):
     if view.size:
         done = sum(min(p.done_bytes, view.size) for p in view.peers.values())
         share = done / (view.size * max(total, 1))
-        bar = "#" * int(share * 24) + "-" * (24 - int(share * 24))
-        body = f"         [{bar}] {share * 100:5.1f}% {done / 1e6:.0f}/{view.size * total / 1e6:.0f} MB | {rates}"
+        bar = "#" * int(share * 20) + "-" * (20 - int(share * 20))
+        body = f"        [{bar}] {share * 100:3.0f}% {done / 1e6:.0f}/{view.size * total / 1e6:.0f} MB | {rates}"
     else:
-        body = f"         no download started yet | {rates}"
+        body = f"        no download started yet | {rates}"
     slow = view.slowest()
-    tail = "         slowest: " + (", ".join(
+    tail = "        slowest: " + (", ".join(
         f"{p.name} {p.progress:.0f}% {_rate(p.rate)}" if p.status == "downloading" else f"{p.name} ({p.status})"
         for p in slow) if slow else "--")
     failed = [p for p in view.peers.values() if p.status == "failed"]

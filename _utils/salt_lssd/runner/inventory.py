@@ -1,8 +1,8 @@
 """``salt-run lssd.status``: which minion holds which tag, what lssd runs where, and the
 tracker's view of each swarm.
 
-Per minion: the tag ``current`` points to and the installed tags (grains ``lssd_current`` and
-``lssd_tags``, reloaded first so a rollback or a removal made a moment ago shows), and the lssd
+Per minion: the tag ``current`` points to, each such symlink, and the installed tags (grains
+``lssd_current``, ``lssd_links`` and ``lssd_tags``, reloaded first so a rollback or a removal made a moment ago shows), and the lssd
 processes running there (``lssd.status``). Per swarm, from ``lssd.tracker_status`` on the
 master's ``lssd:targets:tracker``: seeders, leechers and completed downloads.
 """
@@ -21,7 +21,7 @@ def status(opts, tgt="*", tgt_type="compound", timeout=60):
         # grains.item job after it reads the grain modules' present answer.
         bus.run(minions, "saltutil.refresh_modules", kwarg={"async": False}, timeout=timeout)
         returns = bus.run(minions, ["grains.item", "lssd.status"],
-                          arg=[["lssd_current", "lssd_tags"], []], timeout=timeout)
+                          arg=[["lssd_current", "lssd_tags", "lssd_links"], []], timeout=timeout)
         found = {minion: _minion(returns[minion]) for minion in minions}
         return {"minions": found, "swarms": _swarms(bus, opts, timeout)}
     finally:
@@ -34,7 +34,8 @@ def _minion(ret):
         return {"error": succeeded(ret)[1]}
     grains = value.get("grains.item") or {}
     status = value.get("lssd.status")
-    entry = {"current": grains.get("lssd_current"), "tags": grains.get("lssd_tags") or []}
+    entry = {"current": grains.get("lssd_current"), "tags": grains.get("lssd_tags") or [],
+             "links": grains.get("lssd_links") or {}}
     if isinstance(status, dict):
         entry["running"] = [_process(p) for p in status.get("processes", []) if p.get("running")]
     else:

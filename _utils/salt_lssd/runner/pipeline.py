@@ -181,12 +181,20 @@ class Deploy:
         if self.rows:
             self.display.lines([""] + table.render(self.rows) + [""])
         self.display.phase("result", f"{self.tag}: " + ("every peer deployed" if self.out["result"] else
-                           "FAILED: " + "; ".join(f"{m}: {r}" for m, r in sorted(failed.items()))))
+                           f"FAILED on {len(failed)}: " + _failures(failed)))
         done = [m for m, row in self.rows.items() if row["result"] == "ok"]
         if done:
-            # Targeting by the new tag (salt -G 'lssd_current:<tag>') works right away.
-            self.bus.publish(done, "saltutil.refresh_grains", kwarg={"refresh_pillar": False}, timeout=30)
+            # salt -G 'lssd_current:<tag>' matches on the master's cache of the grains, which a
+            # minion updates with its pillar refresh, after it reloaded its grains.
+            self.bus.publish(done, "saltutil.refresh_grains", timeout=30)
         return self.out
+
+
+def _failures(failed):
+    """Who failed and why, in one line: the reasons too when they fit."""
+    if len(failed) <= 2:
+        return "; ".join(f"{m}: {r}" for m, r in sorted(failed.items()))
+    return ", ".join(sorted(failed)) + " (reasons in the table and in 'failed')"
 
 
 def high(state, name):

@@ -1,0 +1,106 @@
+"""The ``lssd`` runner against real daemons: deploy and its table, failures, status, report,
+the ``failed`` event and the grains.
+
+``salt-run`` runs here with ``--out=json`` (salt-factories), so the runner shows no live
+display and prints only its return data, which these tests read.
+"""
+
+import time
+
+from .lssd_integration import PEERS, wait_until
+
+
+def deploy(env, *args):
+    return env.salt_run.run("lssd.deploy", *args)
+
+
+def test_deploy_deploys_every_peer_and_returns_the_table(lssd_env, case):
+    ret = deploy(lssd_env)
+    assert ret.returncode == 0, ret.stdout
+    data = ret.data
+    assert data["tag"] == case.tag and data["result"] is True and data["failed"] == {}
+    assert sorted(data["minions"]) == sorted(PEERS)
+    for peer in PEERS:
+        row = data["minions"][peer]
+        assert row["result"] == "ok", row
+        assert row["bytes"] > 0 and row["seconds"] > 0
+        # Every byte came from the swarm (a block may arrive twice, never one less).
+        assert row["from_seeder"] + row["from_peers"] >= row["bytes"]
+        assert row["target"] == str(case.destination(peer) / case.tag)
+        assert case.current_of(peer) == case.tag
+    assert all(data["phases"][p]["result"] for p in ("tracker", "seeder", "allow", "stop"))
+    # The pipeline stopped seeder and tracker; only lingering peers may remain.
+    assert not {"tracker", "seeder"} & lssd_env.running_roles()
+
+    # The same table again, from the job cache.
+    report = lssd_env.salt_run.run("lssd.report", f"tag={case.tag}")
+    assert report.returncode == 0, report.stdout
+    assert {m: r["result"] for m, r in report.data["minions"].items()} == {p: "ok" for p in PEERS}
+    assert any(line.startswith("web1 ") for line in report.data["table"])
+
+
+def test_a_failing_peer_makes_deploy_exit_non_zero_naming_it_and_the_reason(lssd_env, case, event_listener):
+    # web2 alone cannot download: it listens on an address no interface has (TEST-NET-1),
+    # so libtorrent has no socket to connect or announce from, and it has 3 s.
+    case.pillar(raw="""\
+        {% if grains['id'] == 'web2' %}
+          timeout: 3
+          listen: '192.0.2.1:6881'
+        {% endif %}
+        """)
+    since = time.time()
+    ret = deploy(lssd_env)
+    assert ret.returncode != 0, ret.stdout
+    assert ret.data["result"] is False
+    assert list(ret.data["failed"]) == ["web2"], ret.data["failed"]
+    reason = ret.data["failed"]["web2"]
+    assert f"download of {case.tag}" in reason, reason
+    assert ret.data["minions"]["web2"]["result"] == "failed"
+    assert ret.data["minions"]["web1"]["result"] == "ok"
+    assert case.current_of("web1") == case.tag
+    # Seeder and tracker stop although a peer failed.
+    assert ret.data["phases"]["stop"]["result"] is True
+    assert not {"tracker", "seeder"} & lssd_env.running_roles()
+
+    # The failed event carries the same reason, from the minion that failed.
+    master = lssd_env.master.id
+    failed = wait_until(
+        lambda: event_listener.get_events([(master, f"lssd/peer/{case.tag}/failed")], after_time=since),
+        30, "the failed event of web2",
+    )
+    assert [event.data["id"] for event in failed] == ["web2"]
+    assert failed[0].data["data"]["tag"] == case.tag
+    assert failed[0].data["data"]["reason"] in reason
+
+
+def test_required_key_missing_on_the_master_fails_before_any_job(lssd_env, case):
+    # The minions keep the case's tag; the master's pillar has every key but the tag.
+    case.top("base:\n  '*':\n    - lssd\n  'L@tracker,seeder or web*':\n    - match: compound\n    - case\n")
+    ret = deploy(lssd_env)
+    assert ret.returncode != 0
+    assert "lssd:tag" in ret.data["error"] and lssd_env.master_id in ret.data["error"], ret.data
+    assert not lssd_env.running_roles() & {"tracker", "seeder"}
+
+
+def test_status_shows_each_peers_tag_after_a_tag_bump_and_grains_follow(lssd_env, case):
+    first, second = case.tags(2)
+    for tag in (first, second):
+        ret = deploy(lssd_env, f"tag={tag}")
+        assert ret.returncode == 0, ret.stdout
+    status = lssd_env.salt_run.run("lssd.status", "tgt=web*")
+    assert status.returncode == 0, status.stdout
+    minions = status.data["minions"]
+    assert sorted(minions) == sorted(PEERS)
+    for peer in PEERS:
+        # Other tests' tags may sit in their own directories on the same minion: read this
+        # test's current symlink.
+        assert minions[peer]["links"][str(case.destination(peer) / "current")] == second, minions[peer]
+        assert {first, second} <= set(minions[peer]["tags"])
+    assert "tracker" in status.data["swarms"]
+
+    # salt -G 'lssd_current:<tag>' finds the peers holding the tag (grains refresh after a deploy).
+    def targeted():
+        found = lssd_env.salt.run("-G", "test.ping", minion_tgt=f"lssd_current:{second}")
+        return sorted(found.data or {}) == sorted(PEERS) if isinstance(found.data, dict) else False
+
+    wait_until(targeted, 60, f"salt -G lssd_current:{second} to match {PEERS}", interval=2)
