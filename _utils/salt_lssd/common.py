@@ -16,6 +16,7 @@ A minion keeps everything lssd owns below one *state directory* (default
       locks/peer-<tag>.lock          held while a job deploys the tag (one at a time)
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -177,25 +178,44 @@ class Layout:
         return os.path.join(self.installed, validate_tag(tag) + ".json")
 
 
-def write_atomic(path, data, mode=0o600):
-    """Write ``data`` (bytes or str) so a reader sees the old file or the new one, never half
-    of one: a temporary file beside ``path``, flushed to disk, then renamed over it."""
+@contextlib.contextmanager
+def atomic_output(path, mode=0o600, prefix=".tmp-"):
+    """A binary file to write that becomes ``path`` only when the block ends without error:
+    a temporary file beside it, flushed to disk, renamed over ``path`` and the rename made
+    durable; on error the temporary file is removed and ``path`` is untouched. A reader sees
+    the old file or the new one, never half of one."""
     directory = os.path.dirname(path)
     ensure_dir(directory)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".partial")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+        fsync_dir(directory)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def fsync_dir(path):
+    """Make a rename into ``path`` durable (the entry, not just the data, survives a power cut)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path, data, mode=0o600):
+    """Write ``data`` (bytes or str) to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path, mode) as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
 
 
 def write_json_atomic(path, data):

@@ -31,12 +31,11 @@ import tempfile
 import threading
 
 from salt_lssd import LssdError
-from salt_lssd.common import validate_tag
+from salt_lssd.common import fsync_dir, validate_tag
 from salt_lssd.pack import (
     CHUNK,
     check_compression,
     compression_of,
-    fsync_dir,
     link_escapes,
     tool_command,
 )

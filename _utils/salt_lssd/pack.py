@@ -24,7 +24,7 @@ import tempfile
 import threading
 
 from salt_lssd import LssdError
-from salt_lssd.common import ensure_dir, validate_tag
+from salt_lssd.common import atomic_output, ensure_dir, validate_tag
 
 COMPRESSIONS = ("none", "gzip", "zstd")
 
@@ -411,24 +411,14 @@ def _pack_file(files_path, archive_dir, tag):
     """
     file_name = os.path.basename(files_path)
     archive = os.path.join(archive_dir, f"{tag}--{file_name}")
-    fd, tmp = tempfile.mkstemp(dir=archive_dir, prefix=f".{tag}.", suffix=".lssd-tmp")
     try:
-        with os.fdopen(fd, "wb") as out:
+        mode = stat.S_IMODE(os.stat(files_path).st_mode) & 0o777
+        with atomic_output(archive, mode, prefix=f".{tag}.") as out, open(files_path, "rb") as src:
             sink = _HashingWriter(out)
-            try:
-                with open(files_path, "rb") as src:
-                    shutil.copyfileobj(src, sink, CHUNK)
-                    os.fchmod(out.fileno(), stat.S_IMODE(os.fstat(src.fileno()).st_mode) & 0o777)
-            except OSError as exc:
-                raise LssdError(f"cannot copy {files_path!r} to {archive!r}: {_describe(exc)}") from exc
-            out.flush()
-            os.fsync(out.fileno())
+            shutil.copyfileobj(src, sink, CHUNK)
             size = out.tell()
-        os.replace(tmp, archive)
-        fsync_dir(archive_dir)
-    except BaseException:
-        _unlink(tmp)
-        raise
+    except OSError as exc:
+        raise LssdError(f"cannot copy {files_path!r} to {archive!r}: {_describe(exc)}") from exc
     return {
         "archive": archive,
         "size": size,
@@ -438,22 +428,6 @@ def _pack_file(files_path, archive_dir, tag):
         "input_bytes": size,
         "file_name": file_name,
     }
-
-
-def fsync_dir(path):
-    """Make a rename into ``path`` durable (the entry, not just the data, survives a power cut)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def pack(files_path, archive_dir, tag, compression=None, exclude=None, path_is_file=False):
@@ -509,24 +483,15 @@ def pack(files_path, archive_dir, tag, compression=None, exclude=None, path_is_f
             raise LssdError(f"cannot read {path!r}: {exc.strerror}") from exc
 
     archive = os.path.join(archive_dir, tag + archive_suffix(compression))
-    fd, tmp = tempfile.mkstemp(dir=archive_dir, prefix=f".{tag}.", suffix=".lssd-tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if command is None:
-                sink = _HashingWriter(out)
-                counts = _write_tar(sink, files_path, members)
-                sha256 = sink.digest.hexdigest()
-            else:
-                sha256, counts = _write_compressed(command, out, files_path, members)
-            out.flush()
-            # The SHA-256 is about to be published: make sure these are the bytes on disk.
-            os.fsync(out.fileno())
-            size = out.tell()
-        os.replace(tmp, archive)
-        fsync_dir(archive_dir)
-    except BaseException:
-        _unlink(tmp)
-        raise
+    # The SHA-256 is about to be published: atomic_output makes sure these bytes are on disk.
+    with atomic_output(archive, prefix=f".{tag}.") as out:
+        if command is None:
+            sink = _HashingWriter(out)
+            counts = _write_tar(sink, files_path, members)
+            sha256 = sink.digest.hexdigest()
+        else:
+            sha256, counts = _write_compressed(command, out, files_path, members)
+        size = out.tell()
     files, input_bytes = counts
     return {
         "archive": archive,

@@ -83,24 +83,23 @@ def seeding(minion, name, files_path=None, tracker=None, compression=None, exclu
     return _plan((f"{tag} would be packed and " if build else f"{tag} would be ") + "seeded", steps, changes)
 
 
-def seeding_stopped(minion, name):
+def _stopped(minion, role, call, name, none_comment, tag_comment):
+    """Plan of a state that wants no ``role`` process for ``name`` (a tag, or ``all``)."""
     tag = None if name == "all" else validate_tag(name)
-    running = sorted(_running(minion, "seeder", tag))
+    running = sorted(_running(minion, role, tag))
     if not running:
-        return _plan("No tag is being seeded" if tag is None else f"{tag} is already not being seeded")
+        return _plan(none_comment if tag is None else tag_comment.format(tag=tag))
     changes = {"stopped": running}
-    return _plan(f"Seeding would stop for {', '.join(running)}", [_step("seed_stop", "stopped", running, tag=tag)],
-                 changes)
+    verb = "Seeding would stop" if role == "seeder" else "Peers would stop"
+    return _plan(f"{verb} for {', '.join(running)}", [_step(call, "stopped", running, tag=tag)], changes)
+
+
+def seeding_stopped(minion, name):
+    return _stopped(minion, "seeder", "seed_stop", name, "No tag is being seeded", "{tag} is already not being seeded")
 
 
 def peer_stopped(minion, name):
-    tag = None if name == "all" else validate_tag(name)
-    running = sorted(_running(minion, "peer", tag))
-    if not running:
-        return _plan("No lssd peer is running" if tag is None else f"No peer of {tag} is running")
-    changes = {"stopped": running}
-    return _plan(f"Peers would stop for {', '.join(running)}", [_step("peer_stop", "stopped", running, tag=tag)],
-                 changes)
+    return _stopped(minion, "peer", "peer_stop", name, "No lssd peer is running", "No peer of {tag} is running")
 
 
 def archive_absent(minion, name):
