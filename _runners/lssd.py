@@ -145,7 +145,4 @@ def report(jid=None, tag=None):
     """
     from salt_lssd.runner import report as past
 
-    ret = _call(past.report, __opts__, jid=jid, tag=tag)
-    if ret.get("failed"):
-        __context__["retcode"] = 1
-    return ret
+    return _call(past.report, __opts__, jid=jid, tag=tag)
