@@ -91,8 +91,8 @@ def settings(role, listen="0.0.0.0:0", overrides=None):
         "enable_incoming_utp": False,
         "enable_outgoing_utp": False,
         # No tit-for-tat: every peer is ours, so everyone is unchoked (-1 = unlimited slots).
-        # Choking only delays pieces that would be passed on (~measured as a large part of the
-        # gap between stock and tuned settings in LAB-FINDINGS).
+        # Choking only delays pieces that would be passed on (a large part of the gap between
+        # stock and tuned settings in the lab, bench/README.md).
         "choking_algorithm": 0,  # fixed_slots_choker, with unlimited slots below
         "unchoke_slots_limit": -1,
         # Keep ~1 s of requests outstanding instead of 3: with every peer unchoked a deep
@@ -438,8 +438,8 @@ class _PeerLoop(_Loop):
 
         With every peer unchoked, peers that each pick the rarest pieces still ask the seeder
         for the same pieces, blind to what the others are fetching from it; the seeder then
-        sends pieces twice and that is the time lost (LAB-FINDINGS: T_last follows seeder
-        upload / F). With peer k of n preferring the k-th n-th of the pieces, the seeder's
+        sends pieces twice and that is the time lost (in the lab T_last follows the seeder's
+        upload / F, bench/README.md). With peer k of n preferring the k-th n-th of the pieces, the seeder's
         first copy of each piece goes to one peer and the others get it from that peer.
         bench/run, N=8, F=100 MiB, U=50 Mbit/s, three runs each: seeder upload 1.36-1.57 ->
         1.18-1.21 x F, efficiency 0.63-0.73 -> 0.81-0.82. At N=16 no gain measured (0.61,
