@@ -11,11 +11,12 @@ from salt_lssd.runner.jobs import Bus, succeeded
 from salt_lssd.runner.settings import master_pillar
 
 
-def status(opts, tgt="*", tgt_type="compound", timeout=60):
+def status(opts, tgt="*", timeout=60):
+    """``{"minions": {id: {current, links, tags, running}}, "swarms": {tracker: {tag: counts}}}``."""
     bus = Bus(opts)
     try:
-        minions = bus.minions(tgt) if tgt_type == "compound" else None
-        if minions is not None and not minions:
+        minions = bus.minions(tgt)
+        if not minions:
             return {"minions": {}, "swarms": {}, "comment": f"target {tgt!r} matches no minion the master knows"}
         # refresh_modules with async=False returns once the minion reloaded its grains, so the
         # grains.item job after it reads the grain modules' present answer.

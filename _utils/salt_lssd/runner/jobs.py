@@ -12,7 +12,8 @@ still has not returned, failed, and is named with that reason.
 import time
 
 PROBE_EVERY = 20.0
-# What a job's return must carry for the step to count it a success (see succeeded()).
+# State results are keyed "<module>_|-<id>_|-<name>_|-<function>": how a state return is told
+# from a function's dict.
 _STATE_KEY_SEP = "_|-"
 
 
@@ -43,6 +44,7 @@ class Job:
 
     def __init__(self, jid, minions, timeout, on_return=None):
         self.jid = jid
+        self.started = time.monotonic()
         self.waiting = set(minions)
         self.returns = {}
         self.deadline = time.monotonic() + timeout

@@ -14,6 +14,8 @@ which refuses it.) Roles get only the run-wide
 pillar (tag, tracker address, run id); the rest each minion reads from its own pillar.
 """
 
+import time
+
 from salt_lssd import LssdError
 from salt_lssd.runner import table
 from salt_lssd.runner.display import Display, mode_for
@@ -160,10 +162,10 @@ class Deploy:
     def _tick(self):
         self.display.swarm(self.view)
         job = self._seeder_poll
-        if job is None or (not job.waiting and _age(job) >= SEEDER_POLL):
+        # One question at a time: a seeder slow to answer is not asked again meanwhile.
+        if job is None or (not job.waiting and time.monotonic() - job.started >= SEEDER_POLL):
             seeders = self.out["phases"]["seeder"]["minions"]
             self._seeder_poll = self.bus.publish(seeders, "lssd.status", timeout=30, on_return=self._seeder_status)
-            self._seeder_poll.published = _now()
 
     def _seeder_status(self, minion, data):
         processes = (data.get("return") or {}).get("processes") if isinstance(data.get("return"), dict) else None
@@ -211,12 +213,3 @@ def _comment(ret):
         return str(value.get("comment") or "done")
     return str(value)
 
-
-def _now():
-    import time
-
-    return time.monotonic()
-
-
-def _age(job):
-    return _now() - getattr(job, "published", 0)
