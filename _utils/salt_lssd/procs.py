@@ -181,6 +181,35 @@ def spawn(role, run_dir, config, ready_timeout=30):
     # Blanks the shell overwrites in place with the exit status (no new space needed then).
     write_atomic(os.path.join(run_dir, "exit"), " " * 16)
     write_json_atomic(os.path.join(run_dir, "config.json"), config)
+    _launch(role, run_dir)
+    deadline = time.monotonic() + ready_timeout
+    # Before the child writes its pidfile it does not count as running: give it a moment.
+    grace = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        current = state(run_dir)
+        status = current.get("status")
+        if status == "failed":
+            stop(run_dir)  # it is exiting by itself; make sure it is gone before we answer
+            raise LssdError(f"{role} failed to start: {current.get('error', 'see ' + run_dir + '/log')}")
+        if status and status != "starting":
+            return current
+        if status in (None, "starting") and not current["running"] and time.monotonic() > grace:
+            break  # died before reporting anything useful
+        time.sleep(0.05)
+    current = state(run_dir)
+    if current["running"]:
+        stop(run_dir)
+        raise LssdError(
+            f"{role} did not report ready within {ready_timeout}s; its log is {run_dir}/log:\n"
+            + _tail(os.path.join(run_dir, "log"))
+        )
+    if current.get("status") == "failed":
+        raise LssdError(f"{role} failed to start: {current.get('error', 'see ' + run_dir + '/log')}")
+    raise LssdError(f"{role} ended before it reported ready: {vanished(run_dir)}")
+
+
+def _launch(role, run_dir):
+    """Start ``python -m salt_lssd <role> <run_dir>`` detached, its output going to the log."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p
@@ -210,30 +239,6 @@ def spawn(role, run_dir, config, ready_timeout=30):
         )
     finally:
         log.close()
-    deadline = time.monotonic() + ready_timeout
-    # Before the child writes its pidfile it does not count as running: give it a moment.
-    grace = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        current = state(run_dir)
-        status = current.get("status")
-        if status == "failed":
-            stop(run_dir)  # it is exiting by itself; make sure it is gone before we answer
-            raise LssdError(f"{role} failed to start: {current.get('error', 'see ' + run_dir + '/log')}")
-        if status and status != "starting":
-            return current
-        if status in (None, "starting") and not current["running"] and time.monotonic() > grace:
-            break  # died before reporting anything useful
-        time.sleep(0.05)
-    current = state(run_dir)
-    if current["running"]:
-        stop(run_dir)
-        raise LssdError(
-            f"{role} did not report ready within {ready_timeout}s; its log is {run_dir}/log:\n"
-            + _tail(os.path.join(run_dir, "log"))
-        )
-    if current.get("status") == "failed":
-        raise LssdError(f"{role} failed to start: {current.get('error', 'see ' + run_dir + '/log')}")
-    raise LssdError(f"{role} ended before it reported ready: {vanished(run_dir)}")
 
 
 def _private_file(path, flags):
