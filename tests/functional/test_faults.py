@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -250,6 +251,36 @@ def test_state_dir_filling_up_mid_download_says_no_space(make_minion, tracker, t
     message = str(err.value)
     assert "no space left" in message and str(roomy) in message, message
     assert not (tmp_path / "dest" / TAG).exists()
+
+
+def test_state_json_on_a_full_disk_still_says_why(tmpfs):
+    """A role whose state.json cannot be written any more leaves its last words in the space
+    it set aside at start, and the waiting side reads them."""
+    full = tmpfs("state", "1m")
+    where = common.ensure_dir(os.path.join(full, "run", "peer-T1"))
+    # A role's side in a process of its own (the reporter takes over signals and the umask).
+    script = (
+        "import sys\n"
+        "from salt_lssd import LssdError, procs\n"
+        "reporter = procs.Reporter(sys.argv[1])\n"
+        "with open(sys.argv[2], 'wb') as fh:\n"
+        "    try:\n"
+        "        while True:\n"
+        "            fh.write(bytes(1 << 16)); fh.flush()\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "try:\n"
+        "    reporter.report(status='downloading', progress=50.0, detail='x' * 8192)\n"
+        "except LssdError as exc:\n"
+        "    reporter.report(status='failed', error=str(exc))\n"
+        "    sys.exit(1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, where, os.path.join(full, "filler")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    last = procs.state(where)
+    assert last["status"] == "failed", last
+    assert f"cannot write {where}/state.json: no space left on device" in last["error"], last
 
 
 @pytest.mark.parametrize("recorded", [True, False], ids=["size-recorded", "older-torrent"])
