@@ -409,8 +409,9 @@ class _PeerLoop(_Loop):
         if not self.announced and waited >= TRACKER_GRACE:
             url = _without_query((self.handle.trackers() or [{}])[0].get("url") or "")
             raise LssdError(
-                f"tracker {url} unreachable: no answer and no peer for {TRACKER_GRACE}s"
-                + (f" ({_without_query(self.tracker_error)})" if self.tracker_error else "")
+                f"tracker {url} unreachable or refusing us: no successful announce and no peer "
+                f"for {TRACKER_GRACE}s"
+                + (f" (last error: {_without_query(self.tracker_error)})" if self.tracker_error else "")
             )
         if self.announced and waited >= NO_SOURCE_GRACE:
             raise LssdError(
