@@ -141,7 +141,7 @@ def _peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger
     summary["install_seconds"] = round(time.monotonic() - install_started, 3)
     inventory.record(minion, tag, summary)
     minion.fire(f"lssd/peer/{tag}/complete", summary)
-    minion._salt.get("saltutil.refresh_grains", dict)()  # lssd_current/lssd_tags, also in the master's cache for -G
+    minion.refresh_grains()
     return dict(summary, changed=True, comment=f"deployed {tag} in {summary['target']}")
 
 

@@ -62,6 +62,8 @@ def switch_current(minion, tag, destination_path=None, link=None, test=False):
     destination_path = minion.setting("destination_path", destination_path)
     link = releases.check_link_name(link or releases.DEFAULT_LINK, tag)
     switched = releases.switch(destination_path, tag, link=link, dry_run=test)
+    if switched["changed"] and not test:
+        minion.refresh_grains()
     verb = "would point" if test else "pointed"
     comment = f"{verb} {switched['link']} to {tag}" if switched["changed"] else f"{switched['link']} points to {tag}"
     return dict(switched, comment=comment)
@@ -146,6 +148,7 @@ def uninstall(minion, tag, destination_path=None, force=False, test=False):
         releases.remove(tree, force=force)
     forget(minion, tag)
     minion.fire(f"lssd/peer/{tag}/removed", {"tag": tag, "target": tree})
+    minion.refresh_grains()
     return dict(result, comment=f"removed {tag}")
 
 

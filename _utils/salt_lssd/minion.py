@@ -61,6 +61,17 @@ class Minion:
         except Exception as exc:  # pylint: disable=broad-except
             log.warning("lssd: could not withdraw %s from the mine: %s", alias, exc)
 
+    def refresh_grains(self):
+        """Refresh grains (lssd_current, lssd_tags) after the tags here changed, so
+        ``salt -G`` on the master sees them; a courtesy, so a failure is only logged."""
+        refresh = self._salt.get("saltutil.refresh_grains")
+        if refresh is None:
+            return
+        try:
+            refresh()
+        except Exception as exc:  # pylint: disable=broad-except
+            log.debug("lssd: could not refresh grains: %s", exc)
+
     def cache_file(self, url):
         cached = self._salt["cp.cache_file"](url)
         if not cached:
