@@ -66,12 +66,13 @@ def make(directory, tag):
     from cryptography.x509.oid import NameOID
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"salt-lssd {tag} authority")])
+    # X.509 names hold at most 64 characters; a tag may have 128. The tag only labels them.
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"salt-lssd {tag}"[:54] + " authority")])
     ca = _certificate(ca_name, ca_name, ca_key.public_key(), ca_key, True)
     key = ec.generate_private_key(ec.SECP256R1())
     # libtorrent accepts a peer's certificate for a torrent only if its name is the torrent's
     # name or "*"; the authority is this deploy's alone, so "*" grants nothing more.
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"salt-lssd {tag}"),
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"salt-lssd {tag}"[:64]),
                       x509.NameAttribute(NameOID.COMMON_NAME, "*")])
     cert = _certificate(name, ca_name, key.public_key(), ca_key, False)
     key_pem = key.private_bytes(

@@ -171,3 +171,11 @@ def test_mine_entry_carries_the_torrent(fleet, built):
     with open(made.layout.torrent("T1"), "rb") as fh:
         assert base64.b64decode(entry["torrent"]) == fh.read()
     assert entry["infohash"] == result["infohash"]
+
+
+def test_the_longest_tag_gets_its_ssl_torrent(fleet, tmp_path):
+    """X.509 names hold 64 characters; a tag may have 128."""
+    tag = "T" * 128
+    made = fleet.minion("build01", seeder_files_path=make_build_tree(tmp_path / "b", data_mb=1),
+                        tracker={"host": "127.0.0.1", "port": 6969})
+    assert seeder.create_torrent(made, tag)["ssl"] is True
