@@ -117,7 +117,9 @@ def lssd_processes(under):
             continue
         if stat[stat.rindex(b")") + 2 :][:1] in (b"Z", b"X"):
             continue
-        if "salt_lssd" in args and any(a.startswith(str(under)) for a in args):
+        # Below ``under`` as a path: /tmp/pytest-13 must not match /tmp/pytest-130's processes.
+        prefix = os.path.join(str(under), "")
+        if "salt_lssd" in args and any(a == str(under) or a.startswith(prefix) for a in args):
             found.append((int(entry), " ".join(args)))
     return found
 

@@ -82,7 +82,7 @@ class _TagLock:
         self.path = os.path.join(ensure_dir(layout.locks), f"peer-{tag}.lock")
 
     def __enter__(self):
-        self._fh = open(self.path, "a")
+        self._fh = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a")
         fcntl.flock(self._fh, fcntl.LOCK_EX)
         return self
 
