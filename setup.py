@@ -34,7 +34,7 @@ setup(
         "salt_lssd.loader_runners": "_runners",
         "salt_lssd.loader_grains": "_grains",
     },
-    install_requires=["libtorrent>=2.0", "pyyaml"],
+    install_requires=["libtorrent>=2.0", "pyyaml", "cryptography"],
     extras_require={
         "salt": ["salt>=3006"],
         "tests": [

@@ -23,6 +23,7 @@ argument given here wins. Each function is an adapter: it makes one call into th
 
 import functools
 import os
+import subprocess
 import sys
 
 from salt.exceptions import CommandExecutionError
@@ -87,7 +88,7 @@ def _wrap(func):
             raise
         except LssdError as exc:
             raise CommandExecutionError(str(exc)) from None
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, ImportError, subprocess.SubprocessError) as exc:
             raise CommandExecutionError(f"lssd.{func.__name__}: {type(exc).__name__}: {exc}") from exc
 
     return wrapper
@@ -174,7 +175,7 @@ def tracker_status():
 
 
 @_wrap
-def tracker_allow(torrent=None, tag=None):
+def tracker_allow(torrent=None, tag=None, seeder=None):
     """
     Register a torrent with the running tracker, which serves only registered info-hashes.
 
@@ -183,6 +184,10 @@ def tracker_allow(torrent=None, tag=None):
         (published by :py:func:`seed_start`).
     tag
         Same as passing the tag as ``torrent``.
+    seeder
+        Compound target of the seeder whose mine entry to read. Default: pillar
+        ``lssd:targets:seeder`` (required with a master: mine entries of other minions are
+        not trusted).
 
     CLI Example:
 
@@ -191,7 +196,7 @@ def tracker_allow(torrent=None, tag=None):
         salt tracker01 lssd.tracker_allow Deploy1
         salt tracker01 lssd.tracker_allow /var/cache/salt/minion/lssd/torrents/Deploy1.torrent
     """
-    return tracker_role.allow(_minion(), torrent if torrent is not None else tag)
+    return tracker_role.allow(_minion(), torrent if torrent is not None else tag, seeder=seeder)
 
 
 @_wrap

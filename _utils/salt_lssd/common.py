@@ -45,6 +45,8 @@ def validate_tag(tag):
         raise LssdError(f"tag {tag!r} is {len(tag)} characters long; at most {_TAG_MAX} are allowed")
     if "/" in tag or "\\" in tag:
         raise LssdError(f"tag {tag!r} may not contain '/' or '\\'")
+    if tag == "all":  # states take "all" for every tag
+        raise LssdError("tag 'all' is reserved (lssd.seeding_stopped all stops every tag); choose another name")
     if tag in (".", "..") or ".." in tag:
         raise LssdError(f"tag {tag!r} may not contain '..'")
     if tag.startswith(".") or tag.startswith("-"):

@@ -6,6 +6,7 @@ with a record count as lssd's, so nothing else in a destination is ever touched.
 """
 
 import os
+import shutil
 import time
 
 from salt_lssd import LssdError, install, pack, procs, releases
@@ -88,21 +89,37 @@ def archive_files(minion, tag):
     return [path for path in candidates if os.path.isfile(path)]
 
 
-def rm_tgz(minion, tag, test=False):
-    """Remove the archive and torrent of ``tag``; refused while a process seeds or fetches it."""
-    tag = validate_tag(tag)
-    layout = minion.layout
-    for role in ("peer", "seeder"):
-        current = procs.state(layout.run_dir(role, tag))
+def _refuse_running(minion, tag, roles=("peer", "seeder")):
+    for role in roles:
+        current = procs.state(minion.layout.run_dir(role, tag))
         if current["running"]:
             raise LssdError(
                 f"{role} for tag {tag!r} is still running (pid {current.get('pid')}): "
                 f"stop it first (lssd.{'peer_stop' if role == 'peer' else 'seed_stop'} {tag})"
             )
+
+
+def _secrets(minion, tag):
+    """The deploy's certificate and key kept for ``tag``: the seeder's and a peer's copy."""
+    layout = minion.layout
+    found = [layout.credentials(tag)] if os.path.isdir(layout.credentials(tag)) else []
+    run_dir = layout.run_dir("peer", tag)
+    return found + [os.path.join(run_dir, n) for n in ("ssl-cert.pem", "ssl-key.pem", "ssl-dh.pem")
+                    if os.path.isfile(os.path.join(run_dir, n))]
+
+
+def rm_tgz(minion, tag, test=False):
+    """Remove the archive, torrent and deploy key of ``tag``; refused while a process seeds
+    or fetches it."""
+    tag = validate_tag(tag)
+    _refuse_running(minion, tag)
     files = archive_files(minion, tag)
+    secrets = _secrets(minion, tag)
     if not test:
         for path in files:
             os.unlink(path)
+        for path in secrets:
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
     verb = "would remove" if test else "removed"
     return {"changed": bool(files), "removed": files,
             "comment": f"{verb} {len(files)} files" if files else f"nothing of {tag} to remove"}
@@ -124,6 +141,8 @@ def _installed_tree(minion, tag, destination_path):
 def uninstall(minion, tag, destination_path=None, force=False, test=False):
     """Remove ``tag``: its tree, archive, torrent and record (a lingering peer is stopped)."""
     tag = validate_tag(tag)
+    # Refused before anything, test mode included: the archive may not go while it is seeded.
+    _refuse_running(minion, tag, roles=("seeder",))
     tree = _installed_tree(minion, tag, destination_path)
     links = []
     if tree is not None:

@@ -37,12 +37,13 @@ def publish(minion, alias, mine_function, matches, timeout, **kwargs):
 def readers(minion):
     """``mine.send`` arguments that let only this deploy's minions read a torrent entry:
     the peers, the tracker and this seeder (which checks that the master holds it). The
-    entry carries the passkey and, for SSL torrents, the deploy's key. Without targets in
-    this minion's pillar every minion may read it (Salt's default)."""
-    try:
-        who = [minion.setting("targets:peer"), minion.setting("targets:tracker")]
-    except LssdError:
+    entry carries the passkey and, for SSL torrents, the deploy's key, so without the targets
+    in this minion's pillar nothing is published (the orchestrate and the runner hand them
+    to the roles). A masterless minion's mine is its own."""
+    if minion.masterless:
         return {}
+    who = [_target(minion, "targets:peer", "who may read the torrent"),
+           _target(minion, "targets:tracker", "who may read the torrent")]
     return {"allow_tgt": " or ".join(f"( {t} )" for t in who + [f"L@{minion.id}"]), "allow_tgt_type": "compound"}
 
 
@@ -60,11 +61,12 @@ def torrent_entry(minion, tag, data, meta, nonce):
     }
 
 
-def lookup_torrent(minion, tag, nonce=None):
-    """The current entry for ``tag`` (one build, decoded and checked): ``data``, ``info``,
-    ``entry``. NotPublished when no seeder publishes it (with ``nonce``, if given)."""
+def lookup_torrent(minion, tag, nonce=None, seeder=None):
+    """The current entry for ``tag`` from ``seeder`` (a compound target; default: pillar
+    lssd:targets:seeder), decoded and checked: ``data``, ``info``, ``entry``. NotPublished
+    when no seeder publishes it (with ``nonce``, if given)."""
     alias = torrent_alias(tag)
-    published = minion.mine_get(_optional_target(minion, "targets:seeder"), alias)
+    published = minion.mine_get(_target(minion, "targets:seeder", "which minion's torrent to trust", seeder), alias)
     entries = {
         who: entry
         for who, entry in published.items()
@@ -86,18 +88,25 @@ def lookup_torrent(minion, tag, nonce=None):
     return {"data": data, "info": info, "entry": entry}
 
 
-def _optional_target(minion, name):
-    """Pillar ``lssd:<name>`` when this minion has it, else every minion: a peer's own
-    pillar need not name the seeder or the tracker."""
+def _target(minion, name, why, given=None):
+    """The compound target ``given`` or pillar ``lssd:<name>``. Required with a master: any
+    accepted minion may send a mine entry, so entries are read only from the targeted roles."""
+    if given:
+        return given
+    if minion.masterless:
+        return "*"
     try:
         return minion.setting(name)
     except LssdError:
-        return "*"
+        raise LssdError(
+            f"lssd:{name} is not set on {minion.id}: it says {why}. The orchestrate and "
+            f"salt-run lssd.deploy hand it to every role; set it in pillar for manual runs"
+        ) from None
 
 
 def tracker_url(minion):
     """The one announce URL the tracker minions published; LssdError for none or several."""
-    published = minion.mine_get(_optional_target(minion, "targets:tracker"), TRACKER)
+    published = minion.mine_get(_target(minion, "targets:tracker", "whose tracker address counts"), TRACKER)
     urls = sorted({v["url"] for v in published.values() if isinstance(v, dict) and v.get("url")})
     if len(urls) == 1:
         return urls[0]

@@ -27,6 +27,8 @@ class Minion:
     def __init__(self, opts, salt, grains=None):
         self.id = opts["id"]
         self.cachedir = opts["cachedir"]
+        # Masterless (file_client: local): the mine is this minion's own cache, read by no one else.
+        self.masterless = opts.get("file_client") == "local"
         self.grains = grains or {}
         self._salt = salt
         self.settings = Settings(lambda key: salt["config.get"](key))

@@ -10,7 +10,7 @@ a real run makes before moving a byte are made here too, so test=True reports wh
 
 from salt_lssd import LssdError, deploy, install, inventory, procs, seeder
 from salt_lssd.common import validate_tag
-from salt_lssd.settings import number
+from salt_lssd.settings import check, number
 
 DEPLOYED_FIELDS = ("target", "sha256", "bytes", "seconds", "rate", "from_seeder", "from_peers")
 
@@ -69,7 +69,7 @@ def seeding(minion, name, files_path=None, tracker=None, compression=None, exclu
     tag = validate_tag(name)
     made = seeder.torrent_info(minion, tag)
     build = minion.setting("rebuild", rebuild) or made is None
-    if not build and made["seeding"]:
+    if not build and made["seeding"] and made["published"]:
         return _plan(f"{tag} is already being seeded (infohash {made['infohash']})")
     steps, changes = [], {}
     if build:
@@ -113,6 +113,7 @@ def archive_absent(minion, name):
 
 def absent(minion, name, destination_path=None, force=False):
     tag = validate_tag(name)
+    force = check("force", force, "force")
     found = inventory.uninstall(minion, tag, destination_path=destination_path, force=force, test=True)
     if not found["changed"]:
         return _plan(f"{tag} is already absent")
@@ -123,7 +124,7 @@ def absent(minion, name, destination_path=None, force=False):
     return _plan(f"{tag} would be removed{where}", [step], changes)
 
 
-def deployed(minion, name, torrent=None, force=False, current=None, keep=None, test=False, **peer_args):
+def deployed(minion, name, torrent=None, force=None, current=None, keep=None, test=False, **peer_args):
     """``peer_args``: destination_path, timeout, linger, no_tag_directory,
     unsafe_please_delete, owner, group, mode (as ``deploy.peer`` takes them)."""
     tag = validate_tag(name)
@@ -134,6 +135,7 @@ def deployed(minion, name, torrent=None, force=False, current=None, keep=None, t
     peer_args.update(destination_path=where["destination_path"], no_tag_directory=where["no_tag_directory"])
     # Refuses a non-symlink in the way of the link before a single byte moves.
     switched = link and inventory.switch_current(minion, tag, where["destination_path"], link=link, test=True)
+    force = minion.setting("force", force)
     steps, changes, comments = _deploy_steps(minion, tag, where, torrent, force, test, peer_args)
     if link:
         if switched["changed"]:
@@ -179,8 +181,7 @@ def _deploy_steps(minion, tag, where, torrent, force, test, peer_args):
                 "replace it (or deploy the new build under a new tag)"
             )
         changes["sha256"] = {"old": record.get("sha256"), "new": wanted["sha256"]}
-        # The old build's archive has the new one's name: drop it rather than resume it.
-        steps += [_step("peer_stop", None, tag=tag), _step("rm_tgz", None, tag=tag)]
+        # deploy.peer, under the tag's lock, stops a peer of the old build and drops its archive.
         peer_args["unsafe_please_delete"] = True
         comment = f"would replace {tag} in {where['target']} (force): download {wanted['size']} bytes"
     else:

@@ -15,6 +15,7 @@ from salt_lssd import LssdError, credentials, mine, pack, procs
 from salt_lssd import torrent as metainfo
 from salt_lssd.common import read_json, validate_tag, write_json_atomic
 from salt_lssd.settings import number
+from salt_lssd.tracker import client as tracker_client
 from salt_lssd.tracker import new_passkey
 
 
@@ -47,12 +48,13 @@ def create_torrent(minion, tag, files_path=None, tracker=None, compression=None,
     # The passkey keeps the swarm's peer list from whoever lacks the torrent (see tracker).
     url = tracker_url(minion, tracker, new_passkey())
     layout = minion.layout
-    creds = credentials.make(layout.credentials(tag), tag) if minion.setting("ssl") else None
     started = time.time()
     packed = pack.pack(
         files_path, layout.archives, tag, compression=compression, exclude=exclude, path_is_file=path_is_file
     )
     packed_at = time.time()
+    # After packing: a build that fails to pack leaves the credentials of the torrent before it.
+    creds = credentials.make(layout.credentials(tag), tag) if minion.setting("ssl") else None
     lssd_meta = {
         "tag": tag,
         "sha256": packed["sha256"],
@@ -78,7 +80,13 @@ def create_torrent(minion, tag, files_path=None, tracker=None, compression=None,
     )
     write_json_atomic(layout.torrent_meta(tag), result)
     minion.fire(f"lssd/seeder/{tag}/torrent", {k: result[k] for k in ("tag", "infohash", "sha256", "size")})
-    return result
+    return _shown(result)
+
+
+def _shown(meta):
+    """What a job may return of a torrent record: the announce URL without its passkey (job
+    returns land in the master's job cache and in orchestrate output)."""
+    return dict(meta, tracker=tracker_client.shown(meta["tracker"])) if meta.get("tracker") else meta
 
 
 def local_torrent(minion, tag):
@@ -102,7 +110,9 @@ def torrent_info(minion, tag):
         meta = local_torrent(minion, tag)
     except LssdError:
         return None
-    return dict(meta, seeding=_seeding(minion, tag, meta["infohash"]))
+    seeding = _seeding(minion, tag, meta["infohash"])
+    nonce = procs.read_config(minion.layout.run_dir("seeder", tag)).get("nonce") if seeding else None
+    return dict(_shown(meta), seeding=seeding, published=seeding and is_published(minion, tag, nonce))
 
 
 def published(minion, tag):
@@ -122,6 +132,17 @@ def published(minion, tag):
     return entry
 
 
+def is_published(minion, tag, nonce):
+    """Whether the master holds this seeding run's entry for ``tag``."""
+    entry = minion.mine_get(minion.id, mine.torrent_alias(tag), "glob").get(minion.id)
+    return isinstance(entry, dict) and entry.get("nonce") == nonce
+
+
+def _publish(minion, tag, nonce, timeout):
+    mine.publish(minion, mine.torrent_alias(tag), "lssd.published", lambda entry: entry.get("nonce") == nonce,
+                 number(timeout, "publish_timeout"), tag=tag, **mine.readers(minion))
+
+
 def seed_start(minion, tag, publish=True, publish_timeout=60):
     """Seed ``tag`` from a detached process (a no-op if this build is seeded already)."""
     tag = validate_tag(tag)
@@ -131,7 +152,12 @@ def seed_start(minion, tag, publish=True, publish_timeout=60):
     run_dir = layout.run_dir("seeder", tag)
     current = procs.state(run_dir)
     if current["running"] and _seeding(minion, tag, meta["infohash"]):
-        return dict(current, changed=False, comment=f"already seeding {tag} (pid {current.get('pid')})")
+        nonce = procs.read_config(run_dir).get("nonce")
+        if not publish or is_published(minion, tag, nonce):
+            return dict(current, changed=False, comment=f"already seeding {tag} (pid {current.get('pid')})")
+        # Seeding, but the master does not hold the entry (an earlier publish timed out).
+        _publish(minion, tag, nonce, publish_timeout)
+        return dict(current, changed=True, tag=tag, nonce=nonce, comment=f"{tag} published to the mine again")
     procs.stop(run_dir)  # an older build under the same tag, if any
     config = {
         "torrent": layout.torrent(tag),
@@ -148,15 +174,7 @@ def seed_start(minion, tag, publish=True, publish_timeout=60):
     started = procs.spawn("seeder", run_dir, config)
     started.update(changed=True, tag=tag, infohash=meta["infohash"], nonce=config["nonce"], comment=f"seeding {tag}")
     if publish:
-        mine.publish(
-            minion,
-            mine.torrent_alias(tag),
-            "lssd.published",
-            lambda entry: entry.get("nonce") == config["nonce"],
-            number(publish_timeout, "publish_timeout"),
-            tag=tag,
-            **mine.readers(minion),
-        )
+        _publish(minion, tag, config["nonce"], publish_timeout)
     minion.fire(f"lssd/seeder/{tag}/start", {"tag": tag, "infohash": meta["infohash"], "size": meta["size"],
                                              "nonce": config["nonce"]})
     return started

@@ -253,7 +253,7 @@ class _Loop:
                 if self.handle.status().is_seeding:
                     self.on_finished()
             elif isinstance(alert, lt.tracker_error_alert):
-                self.tracker_error = alert.message()
+                self.tracker_error = _without_query(alert.message())
                 # libtorrent backs off for minutes after a refusal, but ours is usually brief:
                 # a seeder starts before tracker_allow registers its torrent (the tracker
                 # learns the torrent from the mine entry seed_start publishes), or the

@@ -74,7 +74,7 @@ def status(minion):
     return data
 
 
-def _torrent_info(minion, ref):
+def _torrent_info(minion, ref, seeder=None):
     """(tag, torrent info) of a .torrent path, or of a tag made here or published in the mine."""
     if os.path.isfile(ref):
         with open(ref, "rb") as fh:
@@ -85,13 +85,13 @@ def _torrent_info(minion, ref):
     if os.path.isfile(local):
         with open(local, "rb") as fh:
             return tag, metainfo.read_torrent(fh.read())
-    return tag, mine.lookup_torrent(minion, tag)["info"]
+    return tag, mine.lookup_torrent(minion, tag, seeder=seeder)["info"]
 
 
-def allow(minion, ref):
+def allow(minion, ref, seeder=None):
     """Register the torrent ``ref`` (path or tag) with the tracker, which serves nothing else."""
     if ref is None:
         raise LssdError("tracker_allow needs a .torrent path or a tag")
-    tag, info = _torrent_info(minion, str(ref))
+    tag, info = _torrent_info(minion, str(ref), seeder)
     result = tracker.allow(minion.layout.root, info["infohash"], tag, passkey=tracker.passkey_of(info["tracker"]))
     return dict(result, tag=tag, infohash=info["infohash"])

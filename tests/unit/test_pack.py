@@ -103,7 +103,7 @@ def test_excludes(tree, archive_dir):
     def names(result):
         return {m.name[2:] for m in read_members(result["archive"])} - {""}
 
-    everything = names(pack.pack(tree, archive_dir, "all", compression="none", exclude=[]))
+    everything = names(pack.pack(tree, archive_dir, "everything", compression="none", exclude=[]))
     assert EXCLUDED <= everything
     some = names(pack.pack(tree, archive_dir, "some", compression="none", exclude=["*.log", "lib/pkg/sub"]))
     assert "data/text.log" not in some and "lib/pkg/sub" not in some

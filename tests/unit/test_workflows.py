@@ -23,6 +23,8 @@ class Fleet:
         self.events = []
 
     def minion(self, name, **lssd):
+        # With a master, mine entries are read only from the targeted roles.
+        lssd.setdefault("targets", {"tracker": "*", "seeder": "*", "peer": "*"})
         pillar = {"lssd": lssd}
 
         def config_get(key, default=None):
@@ -75,7 +77,10 @@ def built(fleet, tmp_path):
 
 def test_create_torrent_records_and_announces(fleet, built):
     made, result = built
-    assert result["tracker"].startswith("http://127.0.0.1:6969/announce?passkey=")
+    # The passkey is in the torrent, never in what a job returns.
+    assert result["tracker"] == "http://127.0.0.1:6969/announce"
+    with open(result["torrent"], "rb") as fh:
+        assert b"/announce?passkey=" in fh.read()
     assert result["ssl"] is True and os.path.isfile(result["key_path"])
     assert seeder.torrent_info(made, "T1")["infohash"] == result["infohash"]
     assert ("lssd/seeder/T1/torrent", {k: result[k] for k in ("tag", "infohash", "sha256", "size")}) in fleet.events
@@ -141,7 +146,8 @@ def test_deployed_plan_is_empty_when_the_build_is_installed(fleet, built, tmp_pa
     with pytest.raises(LssdError, match="set force: True"):
         plans.plan(peer, "deployed", "T1")
     forced = plans.plan(peer, "deployed", "T1", force=True)
-    assert [s["call"] for s in forced["steps"]] == ["peer_stop", "rm_tgz", "peer"]
+    assert [s["call"] for s in forced["steps"]] == ["peer"]
+    assert forced["steps"][0]["kwargs"]["unsafe_please_delete"] is True
     assert forced["changes"]["sha256"] == {"old": "f" * 64, "new": result["sha256"]}
 
 
@@ -179,3 +185,14 @@ def test_the_longest_tag_gets_its_ssl_torrent(fleet, tmp_path):
     made = fleet.minion("build01", seeder_files_path=make_build_tree(tmp_path / "b", data_mb=1),
                         tracker={"host": "127.0.0.1", "port": 6969})
     assert seeder.create_torrent(made, tag)["ssl"] is True
+
+
+def test_with_a_master_a_peer_without_targets_trusts_no_mine_entry(fleet, built):
+    peer = fleet.minion("web1", targets={})
+    with pytest.raises(LssdError, match=r"lssd:targets:seeder is not set on web1"):
+        deploy.lookup(peer, "T1")
+
+
+def test_the_tag_all_is_reserved(fleet):
+    with pytest.raises(LssdError, match="tag 'all' is reserved"):
+        inventory.installed(fleet.minion("web1"), "all")

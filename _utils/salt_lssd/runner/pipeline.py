@@ -68,7 +68,8 @@ class Deploy:
         try:
             if (self._step("tracker", targets["tracker"], "state.high", [high("tracker_running", "lssd-tracker")])
                     and self._step("seeder", targets["seeder"], "state.high", [high("seeding", self.tag)])
-                    and self._step("allow", targets["tracker"], "lssd.tracker_allow", [self.tag], kwarg={})):
+                    and self._step("allow", targets["tracker"], "lssd.tracker_allow", [self.tag],
+                                   kwarg={"seeder": targets["seeder"]})):
                 self._peers(targets)
         finally:
             self._stop(targets)

@@ -61,13 +61,16 @@ def run_settings(pillar, master_id, overrides):
             f"Assign the lssd pillar to {master_id} in the pillar top, or pass "
             + ", ".join(m.rpartition(":")[2] + "=" for m in missing)
         )
-    found["run_pillar"] = _run_pillar(lssd, found["tag"])
+    found["run_pillar"] = _run_pillar(lssd, found)
     return found
 
 
-def _run_pillar(lssd, tag):
+def _run_pillar(lssd, found):
     """What every role gets through ``pillar=``: the values that must agree in one run."""
-    run = {"tag": tag, "run_id": str(uuid.uuid4())}
+    # The targets too: the seeder lets only them read the torrent's mine entry, and peers
+    # trust only the seeder's entry.
+    targets = {role: found[f"targets:{role}"] for role in ("tracker", "seeder", "peer")}
+    run = {"tag": found["tag"], "run_id": str(uuid.uuid4()), "targets": targets}
     tracker = {k: v for k, v in (lssd.get("tracker") or {}).items() if k in ("host", "port") and v not in (None, "")}
     if tracker:
         run["tracker"] = tracker

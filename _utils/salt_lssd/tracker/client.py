@@ -103,6 +103,11 @@ def read_admin_token(run_dir):
         return None
 
 
+def shown(url):
+    """``url`` without its query, as messages show it: the passkey stays out of logs and events."""
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(query="")) if "?" in url else url
+
+
 def _fetch(url, what, timeout, token=None):
     # No proxy: http_proxy in a minion's environment must not capture a local tracker.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -113,9 +118,9 @@ def _fetch(url, what, timeout, token=None):
         with opener.open(request, timeout=timeout) as response:
             return response.read(64 << 20)
     except urllib.error.URLError as exc:
-        raise LssdError(f"{what} {url} is unreachable: {exc.reason}") from None
+        raise LssdError(f"{what} {shown(url)} is unreachable: {exc.reason}") from None
     except (OSError, http.client.HTTPException) as exc:
-        raise LssdError(f"{what} {url} is unreachable: {exc}") from None
+        raise LssdError(f"{what} {shown(url)} is unreachable: {exc}") from None
 
 
 def _failure_reason(answer):
@@ -133,13 +138,13 @@ def fetch_slice(url, info_hash, port, timeout=2):
     try:
         answer = bencode.decode(body)
     except ValueError:
-        raise LssdError(f"tracker slice {url} answered {body[:80]!r}, not bencode") from None
+        raise LssdError(f"tracker slice {shown(url)} answered {body[:80]!r}, not bencode") from None
     reason = _failure_reason(answer)
     if reason is not None:
-        raise LssdError(f"tracker slice {url}: {reason}")
+        raise LssdError(f"tracker slice {shown(url)}: {reason}")
     rank, peers = (answer.get(b"rank"), answer.get(b"peers")) if isinstance(answer, dict) else (None, None)
     if not (isinstance(rank, int) and isinstance(peers, int) and 0 <= rank < peers):
-        raise LssdError(f"tracker slice {url} answered {answer!r:.200}, not a rank of peers")
+        raise LssdError(f"tracker slice {shown(url)} answered {answer!r:.200}, not a rank of peers")
     return rank, peers
 
 

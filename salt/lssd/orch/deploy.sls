@@ -85,6 +85,8 @@ lssd-tracker-allow:
     - tgt_type: compound
     - arg:
       - {{ lssd.tag|json }}
+    - kwarg:
+        seeder: {{ targets.seeder|json }}
     - expect_minions: true
     - timeout: {{ job_timeout }}
     - require:
