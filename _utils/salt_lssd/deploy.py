@@ -122,7 +122,8 @@ def _peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger
         if done and done.get("sha256") == meta["sha256"]:
             # Another job installed this build while we waited for the lock.
             return dict(done, changed=False, comment=f"{tag} is already installed in {done['target']}")
-        install.check(destination_path, tag, **options)
+        if done:  # another build of the tag is in place: checked only now that it is to be replaced
+            install.check(destination_path, tag, **options)
         run_dir, archive = _start_download(minion, tag, data, info, linger, timeout, lt_settings)
         minion.fire(f"lssd/peer/{tag}/start", {"tag": tag, "infohash": info["infohash"], "size": info["size"]})
         state = wait_for_download(minion, tag, run_dir, archive, timeout, info["size"])
