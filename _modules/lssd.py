@@ -44,7 +44,7 @@ except ImportError:
         salt_lssd = None
 
 if salt_lssd is not None:
-    from salt_lssd import LssdError, deploy, inventory, plans, procs, seeder, tracker_role
+    from salt_lssd import LssdError, deploy, inventory, mine, plans, procs, seeder, tracker_role
     from salt_lssd.minion import Minion
     from salt_lssd.settings import check
 else:  # pragma: no cover - __virtual__ refuses to load
@@ -175,7 +175,7 @@ def tracker_status():
 
 
 @_wrap
-def tracker_allow(torrent=None, tag=None, seeder=None):
+def tracker_allow(torrent=None, tag=None, seeder=None, run_id=None, wait=None):
     """
     Register a torrent with the running tracker, which serves only registered info-hashes.
 
@@ -188,6 +188,11 @@ def tracker_allow(torrent=None, tag=None, seeder=None):
         Compound target of the seeder whose mine entry to read. Default: pillar
         ``lssd:targets:seeder`` (required with a master: mine entries of other minions are
         not trusted).
+    run_id
+        The orchestrate's run id: register the torrent the seeder publishes for that run,
+        waiting for it (the orchestrate starts this while the seeder packs).
+    wait
+        Seconds to wait for that run's torrent. Default: pillar ``lssd:job_timeout``.
 
     CLI Example:
 
@@ -196,7 +201,8 @@ def tracker_allow(torrent=None, tag=None, seeder=None):
         salt tracker01 lssd.tracker_allow Deploy1
         salt tracker01 lssd.tracker_allow /var/cache/salt/minion/lssd/torrents/Deploy1.torrent
     """
-    return tracker_role.allow(_minion(), torrent if torrent is not None else tag, seeder=seeder)
+    return tracker_role.allow(_minion(), torrent if torrent is not None else tag, seeder=seeder, run_id=run_id,
+                              wait=wait)
 
 
 @_wrap
@@ -580,6 +586,23 @@ def rm_tgz(tag):
         salt 'web*' lssd.rm_tgz Deploy1
     """
     return inventory.rm_tgz(_minion(), tag)
+
+
+@_wrap
+def abort_run(run_id, reason="the run's seeder or tracker failed"):
+    """
+    Mark run ``run_id`` aborted on this minion: a peer or tracker of that run still waiting
+    for its torrent stops waiting and fails, naming ``reason``. The orchestrate calls this on
+    the run's peers and tracker when the seeder or the tracker fails, so that the peers it
+    started beside the seeder do not wait out their timeout.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web*' lssd.abort_run 0b6f1c2e-7d1a-4c51-9a53-1f0e2d3c4b5a
+    """
+    return mine.abort(_minion(), check("run_id", run_id, "run_id"), reason)
 
 
 @_wrap

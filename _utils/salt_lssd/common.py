@@ -176,6 +176,11 @@ class Layout:
                 found[(each_role, each_tag or None)] = os.path.join(self.run, name)
         return found
 
+    def aborted(self, run_id):
+        """A marker the orchestrate leaves when run ``run_id`` failed before its torrent was
+        published: the run's roles waiting for that torrent stop waiting."""
+        return os.path.join(self.root, "aborted", validate_tag(run_id))
+
     def installed_record(self, tag):
         return os.path.join(self.installed, validate_tag(tag) + ".json")
 

@@ -20,10 +20,19 @@ from salt_lssd.settings import number
 _PROGRESS_KEYS = ("progress", "download_rate", "upload_rate", "peers", "seeds", "total_done", "tracker_error")
 
 
+def _from_mine(minion, tag, nonce=None, wait=True):
+    """The mine entry for ``tag``. In an orchestrated run (pillar lssd:run_id) only that run's
+    entry counts, and with ``wait`` it is awaited: the peers start while the seeder packs."""
+    run_id = minion.setting("run_id")
+    if run_id and wait and nonce is None:
+        return mine.await_torrent(minion, tag, run_id, minion.setting("job_timeout"))
+    return mine.lookup_torrent(minion, tag, nonce, run_id=run_id)
+
+
 def get_torrent(minion, tag, torrent=None, nonce=None):
     """(bytes, info) of the torrent for ``tag``: a path or ``salt://`` URL, else the mine."""
     if torrent is None:
-        found = mine.lookup_torrent(minion, tag, nonce)
+        found = _from_mine(minion, tag, nonce)
         # An SSL torrent's certificate and key come with the entry, only to this deploy's hosts.
         found["info"]["credentials"] = found["entry"].get("credentials")
         return found["data"], found["info"]
@@ -39,13 +48,14 @@ def get_torrent(minion, tag, torrent=None, nonce=None):
     return data, info
 
 
-def lookup(minion, tag, torrent=None, nonce=None, missing_ok=False):
-    """What a peer would download for ``tag``: info-hash, SHA-256, size, seeder, nonce."""
+def lookup(minion, tag, torrent=None, nonce=None, missing_ok=False, wait=False):
+    """What a peer would download for ``tag``: info-hash, SHA-256, size, seeder, nonce. With
+    ``wait``, an orchestrated run's entry is awaited (see ``_from_mine``)."""
     tag = validate_tag(tag)
     entry = {}
     try:
         if torrent is None:
-            found = mine.lookup_torrent(minion, tag, nonce)
+            found = _from_mine(minion, tag, nonce, wait)
             info, entry = found["info"], found["entry"]
         else:
             info = get_torrent(minion, tag, torrent, nonce)[1]
@@ -61,6 +71,7 @@ def lookup(minion, tag, torrent=None, nonce=None, missing_ok=False):
         "size": info["size"],
         "seeder": entry.get("seeder"),
         "nonce": entry.get("nonce"),
+        "run_id": entry.get("run_id"),
     }
 
 

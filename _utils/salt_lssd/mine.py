@@ -12,6 +12,7 @@ import time
 
 from salt_lssd import LssdError, NotPublished
 from salt_lssd import torrent as metainfo
+from salt_lssd.common import write_atomic
 
 TORRENT_PREFIX = "lssd_torrent_"
 TRACKER = "lssd_tracker"
@@ -25,13 +26,17 @@ def publish(minion, alias, mine_function, matches, timeout, **kwargs):
     """``mine.send``, then wait until the master holds an entry for which ``matches(entry)``."""
     minion.mine_send(alias, mine_function, **kwargs)
     deadline = time.monotonic() + timeout
+    pause = 0.05
     while True:
         entry = minion.mine_get(minion.id, alias, "glob").get(minion.id)
         if isinstance(entry, dict) and matches(entry):
             return entry
         if time.monotonic() >= deadline:
             raise LssdError(f"the master did not store mine entry {alias} within {timeout:g}s")
-        time.sleep(0.5)
+        # The master usually stores it within a fraction of a second, and a whole run waits
+        # for the seeder's entry: ask soon, then less often.
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def readers(minion):
@@ -47,9 +52,11 @@ def readers(minion):
     return {"allow_tgt": " or ".join(f"( {t} )" for t in who + [f"L@{minion.id}"]), "allow_tgt_type": "compound"}
 
 
-def torrent_entry(minion, tag, data, meta, nonce):
-    """What a seeder publishes for ``tag``: the .torrent (base64) and what checks it."""
+def torrent_entry(minion, tag, data, meta, nonce, run_id=None):
+    """What a seeder publishes for ``tag``: the .torrent (base64) and what checks it, and
+    the run it was published for (None outside an orchestrated run)."""
     return {
+        "run_id": run_id,
         "tag": tag,
         "torrent": base64.b64encode(data).decode("ascii"),
         "infohash": meta["infohash"],
@@ -61,21 +68,24 @@ def torrent_entry(minion, tag, data, meta, nonce):
     }
 
 
-def lookup_torrent(minion, tag, nonce=None, seeder=None):
+def lookup_torrent(minion, tag, nonce=None, seeder=None, run_id=None):
     """The current entry for ``tag`` from ``seeder`` (a compound target; default: pillar
     lssd:targets:seeder), decoded and checked: ``data``, ``info``, ``entry``. NotPublished
-    when no seeder publishes it (with ``nonce``, if given)."""
+    when no seeder publishes it (with ``nonce`` and for run ``run_id``, if given)."""
     alias = torrent_alias(tag)
     published = minion.mine_get(_target(minion, "targets:seeder", "which minion's torrent to trust", seeder), alias)
     entries = {
         who: entry
         for who, entry in published.items()
-        if isinstance(entry, dict) and entry.get("torrent") and (nonce is None or entry.get("nonce") == nonce)
+        if isinstance(entry, dict) and entry.get("torrent")
+        and (nonce is None or entry.get("nonce") == nonce)
+        and (run_id is None or entry.get("run_id") == run_id)
     }
     if not entries:
         raise NotPublished(
             f"no seeder publishes tag {tag!r} in the mine (alias {alias})"
             + (f" with nonce {nonce}" if nonce else "")
+            + (f" for run {run_id}" if run_id else "")
             + ": run lssd.seed_start on the seeder first"
         )
     if len({entry["sha256"] for entry in entries.values()}) > 1:
@@ -86,6 +96,47 @@ def lookup_torrent(minion, tag, nonce=None, seeder=None):
     if info["infohash"] != entry["infohash"] or info["lssd"].get("sha256") != entry["sha256"]:
         raise LssdError(f"mine entry for tag {tag!r} from {who} does not match its own torrent")
     return {"data": data, "info": info, "entry": entry}
+
+
+def await_torrent(minion, tag, run_id, timeout, seeder=None):
+    """``lookup_torrent`` for run ``run_id``, waiting up to ``timeout`` seconds for the seeder
+    to publish it: the orchestrate starts the peers and the tracker while the seeder still
+    packs."""
+    return wait_for(minion, run_id, timeout, f"the torrent of {tag}",
+                    lambda: lookup_torrent(minion, tag, seeder=seeder, run_id=run_id))
+
+
+def wait_for(minion, run_id, timeout, what, attempt):
+    """``attempt()`` until it stops raising NotPublished, for up to ``timeout`` seconds. Ends
+    early, naming the reason, when the orchestrate marks run ``run_id`` aborted here (its
+    seeder or tracker failed, so ``what`` will never come)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return attempt()
+        except NotPublished as exc:
+            reason = aborted(minion, run_id)
+            if reason is not None:
+                raise LssdError(f"run {run_id} was aborted before {what} was published: {reason}") from None
+            if time.monotonic() >= deadline:
+                raise NotPublished(f"{exc} (waited {timeout:g}s for run {run_id})") from None
+        # Every waiting minion asks the master; twice a second keeps that cheap for a fleet.
+        time.sleep(0.5)
+
+
+def abort(minion, run_id, reason):
+    """Mark run ``run_id`` aborted on this minion, so that its waits end (``await_torrent``)."""
+    write_atomic(minion.layout.aborted(run_id), str(reason).encode("utf-8", "replace"))
+    return {"run_id": run_id, "aborted": True, "comment": f"run {run_id} aborted here: {reason}"}
+
+
+def aborted(minion, run_id):
+    """The reason run ``run_id`` was aborted on this minion, or None."""
+    try:
+        with open(minion.layout.aborted(run_id), "rb") as fh:
+            return fh.read().decode("utf-8", "replace") or "aborted"
+    except FileNotFoundError:
+        return None
 
 
 def _target(minion, name, why, given=None):
@@ -111,7 +162,7 @@ def tracker_url(minion):
     if len(urls) == 1:
         return urls[0]
     if not urls:
-        raise LssdError(
+        raise NotPublished(
             "no tracker address: set pillar lssd:tracker:host, pass tracker=, or start "
             "the tracker first (lssd.tracker_start publishes it to the mine)"
         )

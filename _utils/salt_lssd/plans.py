@@ -160,7 +160,9 @@ def _deploy_steps(minion, tag, where, torrent, force, test, peer_args):
     record = inventory.installed(minion, tag)
     if record and record.get("target") != where["target"]:
         record = None  # installed elsewhere: this destination does not hold it
-    wanted = deploy.lookup(minion, tag, torrent=torrent, missing_ok=True)
+    # A dry run reports what is published now; a real one in an orchestrated run waits for
+    # the run's torrent, as the peers start while the seeder still packs.
+    wanted = deploy.lookup(minion, tag, torrent=torrent, missing_ok=True, wait=not test)
     if not wanted["published"]:
         if record:
             return [], {}, [f"{tag} is already deployed (no seeder publishes it now; the installed build stands)"]

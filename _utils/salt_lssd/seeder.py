@@ -11,9 +11,12 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
-from salt_lssd import LssdError, credentials, mine, pack, procs
+from salt_lssd import LssdError, NotPublished, credentials, mine, pack, procs
 from salt_lssd import torrent as metainfo
 from salt_lssd.common import read_json, validate_tag, write_json_atomic
+
+# In a seeder's run directory: the run its mine entry is published for.
+_PUBLISHED_FOR = "published.json"
 from salt_lssd.settings import number
 from salt_lssd.tracker import client as tracker_client
 from salt_lssd.tracker import new_passkey
@@ -46,13 +49,23 @@ def create_torrent(minion, tag, files_path=None, tracker=None, compression=None,
     compression = minion.setting("compression", compression)
     exclude = minion.setting("exclude", exclude)
     # The passkey keeps the swarm's peer list from whoever lacks the torrent (see tracker).
-    url = tracker_url(minion, tracker, new_passkey())
+    passkey = new_passkey()
+    run_id = minion.setting("run_id")
+    try:
+        url = tracker_url(minion, tracker, passkey)
+    except NotPublished:
+        if not run_id:
+            raise
+        url = None  # the run's tracker starts beside us: it is awaited after packing
     layout = minion.layout
     started = time.time()
     packed = pack.pack(
         files_path, layout.archives, tag, compression=compression, exclude=exclude, path_is_file=path_is_file
     )
     packed_at = time.time()
+    if url is None:
+        url = mine.wait_for(minion, run_id, minion.setting("job_timeout"), "the tracker's address",
+                            lambda: tracker_url(minion, tracker, passkey))
     # After packing: a build that fails to pack leaves the credentials of the torrent before it.
     creds = credentials.make(layout.credentials(tag), tag) if minion.setting("ssl") else None
     lssd_meta = {
@@ -111,8 +124,10 @@ def torrent_info(minion, tag):
     except LssdError:
         return None
     seeding = _seeding(minion, tag, meta["infohash"])
-    nonce = procs.read_config(minion.layout.run_dir("seeder", tag)).get("nonce") if seeding else None
-    return dict(_shown(meta), seeding=seeding, published=seeding and is_published(minion, tag, nonce))
+    run_dir = minion.layout.run_dir("seeder", tag)
+    nonce = procs.read_config(run_dir).get("nonce") if seeding else None
+    published = seeding and is_published(minion, tag, nonce, _published_for(run_dir))
+    return dict(_shown(meta), seeding=seeding, published=published)
 
 
 def published(minion, tag):
@@ -125,21 +140,30 @@ def published(minion, tag):
         return None
     with open(layout.torrent(tag), "rb") as fh:
         data = fh.read()
-    entry = mine.torrent_entry(minion, tag, data, meta, procs.read_config(run_dir).get("nonce"))
+    entry = mine.torrent_entry(minion, tag, data, meta, procs.read_config(run_dir).get("nonce"),
+                               _published_for(run_dir))
     if meta.get("ssl"):
         with open(meta["cert_path"]) as cert, open(meta["key_path"]) as key:
             entry["credentials"] = {"cert": cert.read(), "key": key.read()}
     return entry
 
 
-def is_published(minion, tag, nonce):
-    """Whether the master holds this seeding run's entry for ``tag``."""
+def is_published(minion, tag, nonce, run_id=None):
+    """Whether the master holds this seeding process's entry for ``tag``, for run ``run_id``."""
     entry = minion.mine_get(minion.id, mine.torrent_alias(tag), "glob").get(minion.id)
-    return isinstance(entry, dict) and entry.get("nonce") == nonce
+    return isinstance(entry, dict) and entry.get("nonce") == nonce and entry.get("run_id") == run_id
 
 
-def _publish(minion, tag, nonce, timeout):
-    mine.publish(minion, mine.torrent_alias(tag), "lssd.published", lambda entry: entry.get("nonce") == nonce,
+def _published_for(run_dir):
+    return (read_json(os.path.join(run_dir, _PUBLISHED_FOR)) or {}).get("run_id")
+
+
+def _publish(minion, tag, run_dir, nonce, run_id, timeout):
+    # lssd.published (the mine function) reads the run id from here, as it reads the nonce
+    # from the process's config: what it publishes is what this seeder runs for.
+    write_json_atomic(os.path.join(run_dir, _PUBLISHED_FOR), {"run_id": run_id})
+    mine.publish(minion, mine.torrent_alias(tag), "lssd.published",
+                 lambda entry: entry.get("nonce") == nonce and entry.get("run_id") == run_id,
                  number(timeout, "publish_timeout"), tag=tag, **mine.readers(minion))
 
 
@@ -149,16 +173,22 @@ def seed_start(minion, tag, publish=True, publish_timeout=60):
     lt_settings = minion.setting("libtorrent_settings")
     layout = minion.layout
     meta = local_torrent(minion, tag)
+    run_id = minion.setting("run_id")
     run_dir = layout.run_dir("seeder", tag)
     current = procs.state(run_dir)
     if current["running"] and _seeding(minion, tag, meta["infohash"]):
         nonce = procs.read_config(run_dir).get("nonce")
-        if not publish or is_published(minion, tag, nonce):
+        if not publish or is_published(minion, tag, nonce, run_id):
             return dict(current, changed=False, comment=f"already seeding {tag} (pid {current.get('pid')})")
-        # Seeding, but the master does not hold the entry (an earlier publish timed out).
-        _publish(minion, tag, nonce, publish_timeout)
+        # Seeding, but the master does not hold the entry for this run (a new run of the same
+        # build, whose peers wait for their run's entry, or an earlier publish timed out).
+        _publish(minion, tag, run_dir, nonce, run_id, publish_timeout)
         return dict(current, changed=True, tag=tag, nonce=nonce, comment=f"{tag} published to the mine again")
     procs.stop(run_dir)  # an older build under the same tag, if any
+    try:
+        os.unlink(os.path.join(run_dir, _PUBLISHED_FOR))
+    except FileNotFoundError:
+        pass
     config = {
         "torrent": layout.torrent(tag),
         "save_path": os.path.dirname(meta["archive"]),
@@ -174,7 +204,7 @@ def seed_start(minion, tag, publish=True, publish_timeout=60):
     started = procs.spawn("seeder", run_dir, config)
     started.update(changed=True, tag=tag, infohash=meta["infohash"], nonce=config["nonce"], comment=f"seeding {tag}")
     if publish:
-        _publish(minion, tag, config["nonce"], publish_timeout)
+        _publish(minion, tag, run_dir, config["nonce"], run_id, publish_timeout)
     minion.fire(f"lssd/seeder/{tag}/start", {"tag": tag, "infohash": meta["infohash"], "size": meta["size"],
                                              "nonce": config["nonce"]})
     return started

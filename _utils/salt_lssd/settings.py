@@ -136,6 +136,14 @@ def _rollout(value, name):
     return value
 
 
+def _run_id(value, name):
+    value = _text(str(value) if isinstance(value, int) and not isinstance(value, bool) else value, name)
+    try:
+        return validate_tag(value)
+    except LssdError as exc:
+        raise LssdError(f"{name} {value!r} is not a run id: {exc}") from None
+
+
 def _sls_list(value, name):
     value = [value] if isinstance(value, str) else value
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
@@ -177,6 +185,9 @@ TABLE = {
     "batch": (None, _optional(_rollout)),
     "canary": (None, _optional(_rollout)),
     "hooks:sls": ([], _sls_list),
+    # Set by the orchestrate (and salt-run lssd.deploy) for one run: the seeder's mine entry
+    # carries it and the run's peers wait for that entry, not an earlier one of the tag.
+    "run_id": (None, _optional(_run_id)),
 }
 
 

@@ -120,8 +120,11 @@ def settings(role, listen="0.0.0.0:0", overrides=None):
         # Peers we talk to are on the same LAN: give up on dead ones quickly.
         "peer_connect_timeout": 5,
         "min_reconnect_time": 2,
-        # Stopping a role should not wait 5 s for the tracker's answer to "stopped".
-        "stop_tracker_timeout": 1,
+        # Stopping a role should not wait 5 s for the tracker's answer to "stopped". The
+        # seeder does not send it at all (0): it stops when the run ends, together with the
+        # tracker, and waiting for an answer from a tracker that is stopping too only delays
+        # the end of the deploy.
+        "stop_tracker_timeout": 0 if role == "seeder" else 1,
         "peer_fingerprint": SEEDER_FINGERPRINT if role == "seeder" else PEER_FINGERPRINT,
         "user_agent": "salt-lssd",
         # No per-block alerts: at 32 peers they cost each peer ~400 Python calls a second on

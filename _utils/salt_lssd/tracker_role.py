@@ -11,7 +11,7 @@ import os
 from salt_lssd import LssdError, mine, procs, tracker
 from salt_lssd import torrent as metainfo
 from salt_lssd.common import validate_tag
-from salt_lssd.settings import number
+from salt_lssd.settings import check, number
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,20 @@ def _torrent_info(minion, ref, seeder=None):
     return tag, mine.lookup_torrent(minion, tag, seeder=seeder)["info"]
 
 
-def allow(minion, ref, seeder=None):
-    """Register the torrent ``ref`` (path or tag) with the tracker, which serves nothing else."""
+def allow(minion, ref, seeder=None, run_id=None, wait=None):
+    """Register the torrent ``ref`` (path or tag) with the tracker, which serves nothing else.
+
+    With ``run_id`` (the orchestrate's), the torrent is the one the seeder published for that
+    run, awaited up to ``wait`` seconds (default lssd:job_timeout): the orchestrate starts
+    this step while the seeder still packs."""
     if ref is None:
         raise LssdError("tracker_allow needs a .torrent path or a tag")
-    tag, info = _torrent_info(minion, str(ref), seeder)
+    if run_id is not None:
+        run_id = check("run_id", run_id, "run_id")
+        tag = validate_tag(ref)
+        wait = minion.setting("job_timeout", wait)
+        info = mine.await_torrent(minion, tag, run_id, wait, seeder=seeder)["info"]
+    else:
+        tag, info = _torrent_info(minion, str(ref), seeder)
     result = tracker.allow(minion.layout.root, info["infohash"], tag, passkey=tracker.passkey_of(info["tracker"]))
     return dict(result, tag=tag, infohash=info["infohash"])

@@ -5,6 +5,8 @@ Every test stands alone (``-k`` runs any one of them) on its own tags and direct
 ``case`` fixture).
 """
 
+import time
+
 import pytest
 
 from .lssd_integration import PEERS, minion_states, orchestrate_errors, orchestrate_states, wait_until
@@ -33,11 +35,25 @@ def test_every_step_has_a_timeout_and_roles_get_run_wide_values_only(lssd_env, c
     case.pillar(job_timeout=321, timeout=100, batch="50%")
     plan = lssd_env.orchestrate_plan()
     steps = {k: v for k, v in plan.items() if v["function"] in ("salt.state", "salt.function")}
-    assert set(steps) == {"lssd-tracker", "lssd-seeder", "lssd-tracker-allow", "lssd-peers", "lssd-stop"}
+    assert set(steps) == {"lssd-tracker", "lssd-seeder", "lssd-tracker-allow", "lssd-peers", "lssd-abort",
+                          "lssd-stop-seeding", "lssd-stop-tracker"}
+    # The peers' job is their wait for the seeder's torrent (a job's worth), their download
+    # (lssd:timeout) and a job's worth of the rest; the tracker's registration waits a job's
+    # worth for the torrent, then takes a job's worth.
+    expected = {"lssd-peers": 100 + 2 * 321, "lssd-tracker-allow": 2 * 321}
     for step_id, step in steps.items():
-        # The peers' job is their download (lssd:timeout) plus a job's worth of the rest.
-        assert step["timeout"] == (421 if step_id == "lssd-peers" else 321), (step_id, step)
+        assert step["timeout"] == expected.get(step_id, 321), (step_id, step)
     assert plan["lssd-peers"]["batch"] == "50%"
+    # Tracker, seeder, the tracker's registration and the peers start together; the stop
+    # steps wait for all of them, whatever their results, and stop only this run's tag.
+    assert {k for k, step in steps.items() if step.get("parallel")} == {
+        "lssd-tracker", "lssd-seeder", "lssd-tracker-allow", "lssd-peers", "lssd-stop-seeding", "lssd-stop-tracker"}
+    assert plan["lssd-stop-seeding"]["arg"] == [case.tag]
+    for stop in ("lssd-stop-seeding", "lssd-stop-tracker"):
+        waits_for = {next(iter(r.values())) for r in plan[stop]["require_any"]}
+        assert waits_for == {"lssd-run", "lssd-tracker", "lssd-seeder", "lssd-tracker-allow", "lssd-peers",
+                             "lssd-abort"}, stop
+    assert plan["lssd-tracker-allow"]["kwarg"]["run_id"] == plan["lssd-peers"]["pillar"]["lssd"]["run_id"]
     run_ids = set()
     for step_id, step in steps.items():
         if step["function"] != "salt.state":
@@ -106,7 +122,7 @@ def test_canary_failure_stops_the_run_before_other_peers_start(lssd_env, case):
     assert lssd_env.call("web2", "lssd.installed", case.tag) is None
     assert not [p for p in lssd_env.state_dir("web2").rglob("*") if case.tag in p.name]
     # Cleanup ran although the canary failed.
-    assert states["lssd-stop"]["result"] is True
+    assert states["lssd-stop-seeding"]["result"] is True and states["lssd-stop-tracker"]["result"] is True
     assert not {"tracker", "seeder"} & lssd_env.running_roles()
 
 
@@ -181,3 +197,35 @@ def test_rollback_switches_current_with_no_download(lssd_env, case):
     assert not lssd_env.processes()
     for peer in PEERS:
         assert case.current_of(peer) == first
+
+
+def test_a_failing_seeder_aborts_the_peers_waiting_for_its_torrent(lssd_env, case):
+    # The peers start beside the seeder and wait for this run's torrent. The seeder fails
+    # (its build directory is missing): the peers must fail at once, naming the run's abort,
+    # not wait out lssd:job_timeout; and nothing may be left running.
+    case.pillar(seeder_files_path=str(case.dir / "no-such-build"), job_timeout=300)
+    started = time.monotonic()
+    ret = lssd_env.orchestrate()
+    elapsed = time.monotonic() - started
+    states = orchestrate_states(ret)
+    assert ret.returncode != 0
+    assert states["lssd-seeder"]["result"] is False, states["lssd-seeder"]
+    assert "no-such-build" in str(states["lssd-seeder"]["changes"]), states["lssd-seeder"]
+    assert states["lssd-abort"]["result"] is True, states["lssd-abort"]
+    peers = minion_states(states["lssd-peers"])
+    assert sorted(peers) == list(PEERS)
+    for peer, results in peers.items():
+        (deployed,) = results.values()
+        assert deployed["result"] is False and "aborted" in deployed["comment"], (peer, deployed)
+    # Well short of the 300 s the peers would otherwise wait for a torrent (not a speed claim:
+    # only that the abort, not the timeout, ended the wait).
+    assert elapsed < 300, elapsed
+    assert states["lssd-stop-tracker"]["result"] is True
+    assert_no_job_ran_on_peers(lssd_env, case)
+    assert not lssd_env.processes()
+
+
+def assert_no_job_ran_on_peers(lssd_env, case):
+    for peer in PEERS:
+        assert case.tags_in(peer) == []
+        assert lssd_env.call(peer, "lssd.installed", case.tag) is None

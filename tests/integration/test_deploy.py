@@ -123,7 +123,7 @@ def test_failing_peer_is_named_and_the_others_complete(lssd_env, case):
     assert (in_the_way / "precious.txt").read_text() == "not ours\n"
     assert not (case.destination("web2") / "current").exists()
     # Cleanup ran although a peer failed.
-    assert states["lssd-stop"]["result"] is True
+    assert states["lssd-stop-seeding"]["result"] is True and states["lssd-stop-tracker"]["result"] is True
     assert not {"tracker", "seeder"} & lssd_env.running_roles()
 
 
@@ -146,7 +146,8 @@ def test_site_dry_run(lssd_env, case):
     ret = lssd_env.orchestrate("lssd.orch.site", test=True)
     states = orchestrate_states(ret)
     assert ret.returncode == 0, states
-    assert states["lssd-setup"]["__run_num__"] < states["lssd-tracker"]["__run_num__"]
+    # Every deploy step requires lssd-run, which lssd-setup holds back until it is done.
+    assert states["lssd-setup"]["__run_num__"] < states["lssd-run"]["__run_num__"]
     for minion, results in minion_states(states["lssd-setup"]).items():
         assert all(r["result"] is not False for r in results.values()), (minion, results)
     for peer in PEERS:

@@ -12,7 +12,7 @@ from .lssd_integration import REPO
 # No default stands in for these: pillar.example shows them commented, defaults.yaml lacks them.
 REQUIRED = ["tag", "seeder_files_path", "destination_path", "targets:tracker", "targets:seeder", "targets:peer"]
 # Given per run (pillar=), not kept in pillar: shown commented too.
-PER_RUN = ["rollback_to"]
+PER_RUN = ["rollback_to", "run_id"]
 
 
 def flat_keys(data, prefix=""):

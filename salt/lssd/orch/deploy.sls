@@ -6,14 +6,20 @@
 
     1. the tracker starts on lssd:targets:tracker;
     2. the seeder (lssd:targets:seeder) packs the build, makes the torrent, seeds it and
-       publishes the torrent to the mine;
+       publishes the torrent to the mine, tagged with this run's id;
     3. the tracker registers that torrent (it serves nothing else);
     4. with lssd:canary, the canary peers deploy first, and the rest only if every canary
        succeeded;
     5. the peers (lssd:targets:peer, compound) download and install the tag, all at once or
        lssd:batch at a time: a failing peer fails the run and is named, the others still
        complete; the seeder keeps seeding across the waves;
-    6. seeding and the tracker stop, whatever happened before (order: last, no requisites).
+    6. seeding of this tag and the tracker stop, whatever happened before.
+
+    Steps 1, 2, 3 and the first peers start together (parallel): a Salt job costs a second
+    or more of dispatch, pillar and state compilation, which the peers spend while the
+    seeder packs; they and the tracker then wait for the torrent of this run (lssd:run_id)
+    to appear in the mine. If the tracker or the seeder fails, the waiting peers and tracker
+    are told so (lssd.abort_run) and fail at once, naming the run.
 
     Read on the master (its pillar, whose id is the master's id, by default <hostname>_master,
     plus pillar= of this run): tag, targets, batch, canary, job_timeout, timeout and the
@@ -29,7 +35,6 @@
 {%- do minions(targets.tracker, "lssd:targets:tracker", "lssd.orch.deploy") %}
 {%- do minions(targets.seeder, "lssd:targets:seeder", "lssd.orch.deploy") %}
 {%- set peers = minions(targets.peer, "lssd:targets:peer", "lssd.orch.deploy")|load_json %}
-{%- set tracker_and_seeder = "( " ~ targets.tracker ~ " ) or ( " ~ targets.seeder ~ " )" %}
 
 {#- Canary: a count takes the first peers by id; a target takes the peers it matches. #}
 {%- set canary = lssd.canary %}
@@ -57,27 +62,43 @@
 {%- endif %}
 
 
+# Every step requires it, so that lssd.orch.site can hold the whole run back until lssd.setup
+# is done (require_in). The stop steps require it "or any other step", which makes them wait
+# for every step and then run whatever the other steps' results.
+lssd-run:
+  test.succeed_without_changes:
+    - name: {{ ("lssd run " ~ run_pillar.lssd.run_id ~ " of " ~ lssd.tag)|json }}
+
 lssd-tracker:
   salt.state:
     - tgt: {{ targets.tracker|json }}
     - tgt_type: compound
     - sls: lssd.tracker
     - pillar: {{ run_pillar|json }}
+    # Tracker and seeder touch only their own files, so when one minion holds both roles
+    # their state runs go side by side instead of one waiting for the other.
+    - concurrent: true
     - expect_minions: true
     - timeout: {{ job_timeout }}
+    - parallel: true
+    - require:
+      - test: lssd-run
 
+# Waits for the tracker's address in the mine unless the pillar names the tracker's host.
 lssd-seeder:
   salt.state:
     - tgt: {{ targets.seeder|json }}
     - tgt_type: compound
     - sls: lssd.seeder
     - pillar: {{ run_pillar|json }}
+    - concurrent: true
     - expect_minions: true
     - timeout: {{ job_timeout }}
+    - parallel: true
     - require:
-      - salt: lssd-tracker
+      - test: lssd-run
 
-# The tracker reads the torrent from the mine entry the seeder just published.
+# The tracker reads the torrent from the mine entry the seeder publishes for this run.
 lssd-tracker-allow:
   salt.function:
     - name: lssd.tracker_allow
@@ -87,10 +108,13 @@ lssd-tracker-allow:
       - {{ lssd.tag|json }}
     - kwarg:
         seeder: {{ targets.seeder|json }}
+        run_id: {{ run_pillar.lssd.run_id|json }}
+        wait: {{ job_timeout }}
     - expect_minions: true
-    - timeout: {{ job_timeout }}
+    - timeout: {{ job_timeout * 2 }}
+    - parallel: true
     - require:
-      - salt: lssd-seeder
+      - test: lssd-run
 
 {%- if canary_tgt is not none %}
 
@@ -101,13 +125,16 @@ lssd-canary:
     - tgt_type: compound
     - sls: lssd.peer
     - pillar: {{ run_pillar|json }}
+    # A peer that is also the tracker or seeder waits for their state runs instead of failing.
+    - queue: true
     - expect_minions: true
     - timeout: {{ peer_timeout }}
 {%-   if batch is not none %}
     - batch: {{ batch|json }}
 {%-   endif %}
+    - parallel: true
     - require:
-      - salt: lssd-tracker-allow
+      - test: lssd-run
 {%- endif %}
 
 {%- if rest_count > 0 %}
@@ -118,22 +145,63 @@ lssd-peers:
     - tgt_type: compound
     - sls: lssd.peer
     - pillar: {{ run_pillar|json }}
+    - queue: true
     - expect_minions: true
     - timeout: {{ peer_timeout }}
 {%-   if batch is not none %}
     - batch: {{ batch|json }}
 {%-   endif %}
+    - parallel: true
     - require:
-      - salt: {{ "lssd-canary" if canary_tgt is not none else "lssd-tracker-allow" }}
+      - test: lssd-run
+{%-   if canary_tgt is not none %}
+      - salt: lssd-canary
+{%-   endif %}
 {%- endif %}
 
-# Cleanup runs last and unconditionally: a failed peer (or seeder) must not leave the seeder
-# and the tracker running. Finished peers keep seeding lssd:linger seconds, then stop.
-lssd-stop:
-  salt.state:
-    - tgt: {{ tracker_and_seeder|json }}
+# A failed seeder or tracker means no torrent for this run: the peers (and the tracker's
+# registration) waiting for it stop waiting and fail now, not after lssd:job_timeout.
+lssd-abort:
+  salt.function:
+    - name: lssd.abort_run
+    - tgt: {{ ("( " ~ targets.peer ~ " ) or ( " ~ targets.tracker ~ " )")|json }}
     - tgt_type: compound
-    - sls: lssd.stop
-    - pillar: {{ run_pillar|json }}
+    - arg:
+      - {{ run_pillar.lssd.run_id|json }}
+    - kwarg:
+        reason: {{ ("the seeder (" ~ targets.seeder ~ ") or the tracker (" ~ targets.tracker
+                    ~ ") of this run failed; see lssd-seeder and lssd-tracker")|json }}
     - timeout: {{ job_timeout }}
-    - order: last
+    - onfail:
+      - salt: lssd-tracker
+      - salt: lssd-seeder
+
+# Cleanup, whatever happened before: a failed peer (or seeder) must not leave the seeder and
+# the tracker running. Both steps wait for every other step (see lssd-run), then run at once.
+# Only this run's tag stops seeding. Finished peers keep seeding lssd:linger seconds, then stop.
+{%- for step, role, function, args in [("lssd-stop-seeding", targets.seeder, "lssd.seed_stop", [lssd.tag]),
+                                       ("lssd-stop-tracker", targets.tracker, "lssd.tracker_stop", [])] %}
+
+{{ step }}:
+  salt.function:
+    - name: {{ function }}
+    - tgt: {{ role|json }}
+    - tgt_type: compound
+{%-   if args %}
+    - arg: {{ args|json }}
+{%-   endif %}
+    - timeout: {{ job_timeout }}
+    - parallel: true
+    - require_any:
+      - test: lssd-run
+      - salt: lssd-tracker
+      - salt: lssd-seeder
+      - salt: lssd-tracker-allow
+{%-   if canary_tgt is not none %}
+      - salt: lssd-canary
+{%-   endif %}
+{%-   if rest_count > 0 %}
+      - salt: lssd-peers
+{%-   endif %}
+      - salt: lssd-abort
+{%- endfor %}

@@ -19,6 +19,6 @@ lssd-setup:
     - expect_minions: true
     # pip and the package manager may download; a busy master waits for them.
     - timeout: {{ job_timeout }}
-    # The deploy starts only once every minion is ready.
+    # The deploy starts only once every minion is ready: each of its steps requires lssd-run.
     - require_in:
-      - salt: lssd-tracker
+      - test: lssd-run
