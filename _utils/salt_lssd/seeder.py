@@ -134,13 +134,16 @@ def published(minion, tag):
 
 def is_published(minion, tag, nonce):
     """Whether the master holds this seeding run's entry for ``tag``."""
-    entry = minion.mine_get(minion.id, mine.torrent_alias(tag), "glob").get(minion.id)
+    entry = minion.mine_get(minion.id, mine.torrent_alias(tag, minion.app), "glob").get(minion.id)
     return isinstance(entry, dict) and entry.get("nonce") == nonce
 
 
 def _publish(minion, tag, nonce, timeout):
-    mine.publish(minion, mine.torrent_alias(tag), "lssd.published", lambda entry: entry.get("nonce") == nonce,
-                 number(timeout, "publish_timeout"), tag=tag, **mine.readers(minion))
+    # app= too: the mine function must read the namespace this job seeds from.
+    app = {"app": minion.app} if minion.app else {}
+    mine.publish(minion, mine.torrent_alias(tag, minion.app), "lssd.published",
+                 lambda entry: entry.get("nonce") == nonce, number(timeout, "publish_timeout"), tag=tag,
+                 **app, **mine.readers(minion))
 
 
 def seed_start(minion, tag, publish=True, publish_timeout=60):
@@ -175,8 +178,9 @@ def seed_start(minion, tag, publish=True, publish_timeout=60):
     started.update(changed=True, tag=tag, infohash=meta["infohash"], nonce=config["nonce"], comment=f"seeding {tag}")
     if publish:
         _publish(minion, tag, config["nonce"], publish_timeout)
-    minion.fire(f"lssd/seeder/{tag}/start", {"tag": tag, "infohash": meta["infohash"], "size": meta["size"],
-                                             "nonce": config["nonce"]})
+    minion.fire(f"lssd/seeder/{tag}/start", {"tag": tag, "app": minion.app, "infohash": meta["infohash"],
+                                             "size": meta["size"], "nonce": config["nonce"],
+                                             "run_id": minion.setting("run_id")})
     return started
 
 
@@ -184,8 +188,8 @@ def seed_stop(minion, tag=None):
     """Stop seeding ``tag`` (every tag for None) and withdraw it from the mine."""
     run_dirs = minion.layout.run_dirs("seeder", tag)
     for _, each in run_dirs:
-        minion.mine_delete(mine.torrent_alias(each))
+        minion.mine_delete(mine.torrent_alias(each, minion.app))
     stopped = procs.stop_each("seeder", run_dirs, tag)
     for each in stopped["stopped"]:
-        minion.fire(f"lssd/seeder/{each}/stop", {"tag": each})
+        minion.fire(f"lssd/seeder/{each}/stop", {"tag": each, "app": minion.app})
     return stopped

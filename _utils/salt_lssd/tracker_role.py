@@ -93,5 +93,6 @@ def allow(minion, ref, seeder=None):
     if ref is None:
         raise LssdError("tracker_allow needs a .torrent path or a tag")
     tag, info = _torrent_info(minion, str(ref), seeder)
-    result = tracker.allow(minion.layout.root, info["infohash"], tag, passkey=tracker.passkey_of(info["tracker"]))
+    result = tracker.allow(minion.layout.root, info["infohash"], tag, passkey=tracker.passkey_of(info["tracker"]),
+                           app=minion.app)
     return dict(result, tag=tag, infohash=info["infohash"])
