@@ -261,3 +261,48 @@ def test_two_apps_publish_and_install_one_tag_apart(fleet, tmp_path):
     for app in ("a", "b"):
         assert inventory.installed(fleet.minion("web1", app=app))["T1"]["sha256"] == made[app]["sha256"]
 
+
+# -- rollback ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def releases_here(fleet, tmp_path):
+    """A peer holding A, B and C (installed in that order) in its destination, current -> C."""
+    dest = tmp_path / "app"
+    peer = fleet.minion("web1", destination_path=str(dest), current=True)
+    for i, tag in enumerate(("A", "B", "C")):
+        (dest / tag).mkdir(parents=True)
+        inventory.record(peer, tag, {"target": str(dest / tag), "sha256": "0" * 64})
+        # record() stamps the time now; the same second would leave the order to the names.
+        path = peer.layout.installed_record(tag)
+        write_json_atomic(path, dict(read_json(path), installed=1000 + i))
+    os.symlink("C", dest / "current")
+    return peer, dest
+
+
+def test_rollback_plan_goes_to_the_previous_tag_or_rollback_to(releases_here):
+    peer, dest = releases_here
+    plan = plans.plan(peer, "rolled_back", "lssd-current", test=True)
+    assert plan["changes"] == {"current": {"old": "C", "new": "B"}}
+    (step,) = plan["steps"]
+    assert step["call"] == "switch_current" and step["kwargs"] == {
+        "tag": "B", "destination_path": str(dest), "link": "current"}
+    assert plans.plan(peer, "rolled_back", "x", rollback_to="A")["changes"]["current"]["new"] == "A"
+    # Already there: nothing to do.
+    assert plans.plan(peer, "rolled_back", "x", rollback_to="C")["steps"] == []
+    os.unlink(dest / "current")
+    os.symlink("A", dest / "current")
+    with pytest.raises(LssdError, match=r"on minion web1: no tag older than A is kept in .* \(installed there: A, B, C\)"):
+        plans.plan(peer, "rolled_back", "x")
+
+
+def test_rollback_plan_never_downloads_and_needs_current(releases_here, fleet):
+    peer, dest = releases_here
+    with pytest.raises(LssdError, match=r"T-never is not installed in .* \(installed there: .*\); a rollback never downloads"):
+        plans.plan(peer, "rolled_back", "x", rollback_to="T-never")
+    plain = fleet.minion("web2", destination_path=str(dest))
+    with pytest.raises(LssdError, match=r"on minion web2: lssd:current is not set"):
+        plans.plan(plain, "rolled_back", "x")
+    empty = fleet.minion("web3", destination_path=str(dest), current=True)
+    with pytest.raises(LssdError, match=r"installed there: none"):
+        plans.plan(empty, "rolled_back", "x")
