@@ -10,7 +10,7 @@ import os
 
 import pytest
 from lssd_testutil import make_build_tree
-from salt_lssd import LssdError, NotPublished, deploy, inventory, mine, plans, seeder
+from salt_lssd import LssdError, NotPublished, deploy, inventory, mine, plans, seeder, tag_grains
 from salt_lssd.common import Layout, read_json, write_json_atomic
 from salt_lssd.minion import Minion
 
@@ -261,6 +261,21 @@ def test_two_apps_publish_and_install_one_tag_apart(fleet, tmp_path):
     for app in ("a", "b"):
         assert inventory.installed(fleet.minion("web1", app=app))["T1"]["sha256"] == made[app]["sha256"]
 
+
+
+def test_grains_keep_the_default_namespace_and_add_each_app(fleet, tmp_path):
+    for app in (None, "shop"):
+        dest = tmp_path / (app or "plain")
+        peer = fleet.minion("web1", app=app, destination_path=str(dest))
+        tag = "T2" if app else "T1"
+        (dest / tag).mkdir(parents=True)
+        inventory.record(peer, tag, {"target": str(dest / tag), "sha256": "0" * 64})
+        os.symlink(tag, dest / "current")
+    opts = {"cachedir": os.path.join(fleet.root, "web1", "cache")}
+    assert tag_grains.grains(opts) == {
+        "lssd_tags": ["T1"], "lssd_current": "T1", "lssd_links": {str(tmp_path / "plain" / "current"): "T1"},
+        "lssd_apps": {"shop": {"tags": ["T2"], "current": "T2", "links": {str(tmp_path / "shop" / "current"): "T2"}}},
+    }
 
 # -- rollback ------------------------------------------------------------------------------
 
