@@ -65,6 +65,9 @@ def test_per_minion_pillar_each_peer_installs_into_its_own_path(lssd_env, case, 
     assert sorted(event.data["id"] for event in completes) == sorted(PEERS)
     for event in completes:
         assert event.data["data"]["bytes"] > 0 and event.data["data"]["seconds"] > 0
+    # One run, one run id, in every peer's complete event and install record.
+    (run_id,) = {event.data["data"]["run_id"] for event in completes}
+    assert run_id and all(lssd_env.call(peer, "lssd.installed", case.tag)["run_id"] == run_id for peer in PEERS)
     progress = event_listener.get_events([(master, f"lssd/peer/{case.tag}/progress")], after_time=since)
     assert progress, "no progress event reached the master"
     for event in progress:
