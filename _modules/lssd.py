@@ -94,8 +94,9 @@ def _wrap(func):
     return wrapper
 
 
-def _minion():
-    return Minion(__opts__, __salt__, __grains__)
+def _minion(app=None):
+    """The minion, in the app namespace ``app`` (default: pillar lssd:app, else none)."""
+    return Minion(__opts__, __salt__, __grains__, app=app)
 
 
 def _flag(value, name):
@@ -175,7 +176,7 @@ def tracker_status():
 
 
 @_wrap
-def tracker_allow(torrent=None, tag=None, seeder=None, run_id=None, wait=None):
+def tracker_allow(torrent=None, tag=None, seeder=None, run_id=None, wait=None, app=None):
     """
     Register a torrent with the running tracker, which serves only registered info-hashes.
 
@@ -193,6 +194,8 @@ def tracker_allow(torrent=None, tag=None, seeder=None, run_id=None, wait=None):
         waiting for it (the orchestrate starts this while the seeder packs).
     wait
         Seconds to wait for that run's torrent. Default: pillar ``lssd:job_timeout``.
+    app
+        The app namespace (see ``lssd:app``). Default: pillar ``lssd:app``, else none.
 
     CLI Example:
 
@@ -201,7 +204,7 @@ def tracker_allow(torrent=None, tag=None, seeder=None, run_id=None, wait=None):
         salt tracker01 lssd.tracker_allow Deploy1
         salt tracker01 lssd.tracker_allow /var/cache/salt/minion/lssd/torrents/Deploy1.torrent
     """
-    return tracker_role.allow(_minion(), torrent if torrent is not None else tag, seeder=seeder, run_id=run_id,
+    return tracker_role.allow(_minion(app), torrent if torrent is not None else tag, seeder=seeder, run_id=run_id,
                               wait=wait)
 
 
@@ -243,13 +246,13 @@ def create_torrent(tag, files_path=None, tracker=None, compression=None, exclude
 
 
 @_wrap
-def torrent_info(tag):
+def torrent_info(tag, app=None):
     """
     The torrent :py:func:`create_torrent` made for ``tag`` on this minion, or None if there
     is none (or its archive or .torrent is gone): what create_torrent returned (``archive``,
     ``torrent``, ``infohash``, ``sha256``, ``size`` ...) plus ``seeding``, whether a seeder
     for that info-hash runs. The ``lssd.seeding`` state reuses this torrent unless told to
-    rebuild.
+    rebuild. ``app``: the app namespace (default: pillar ``lssd:app``, else none).
 
     CLI Example:
 
@@ -257,15 +260,16 @@ def torrent_info(tag):
 
         salt build01 lssd.torrent_info Deploy1
     """
-    return seeder.torrent_info(_minion(), tag)
+    return seeder.torrent_info(_minion(app), tag)
 
 
 @_wrap
-def published(tag):
+def published(tag, app=None):
     """
     What this seeder publishes to the mine for ``tag``: the .torrent (base64), its
     info-hash, the archive's SHA-256 and size, and the nonce of the current seeding run.
-    Used as the mine function behind the ``lssd_torrent_<tag>`` alias.
+    Used as the mine function behind the ``lssd_torrent_<tag>`` alias (``lssd_torrent_<app>/<tag>``
+    for a tag of the app namespace ``app``; default: pillar ``lssd:app``, else none).
 
     CLI Example:
 
@@ -273,7 +277,7 @@ def published(tag):
 
         salt build01 lssd.published Deploy1
     """
-    return seeder.published(_minion(), tag)
+    return seeder.published(_minion(app), tag)
 
 
 @_wrap
@@ -302,9 +306,10 @@ def seed_start(tag, publish=True, publish_timeout=60):
 
 
 @_wrap
-def seed_stop(tag=None):
+def seed_stop(tag=None, app=None):
     """
-    Stop seeding ``tag`` (default: every tag) and withdraw it from the mine.
+    Stop seeding ``tag`` (default: every tag of the app namespace) and withdraw it from the
+    mine. ``app``: the app namespace (default: pillar ``lssd:app``, else none).
 
     CLI Example:
 
@@ -313,7 +318,7 @@ def seed_stop(tag=None):
         salt build01 lssd.seed_stop Deploy1
         salt build01 lssd.seed_stop
     """
-    return seeder.seed_stop(_minion(), tag)
+    return seeder.seed_stop(_minion(app), tag)
 
 
 @_wrap
@@ -380,9 +385,10 @@ def peer(
 
 
 @_wrap
-def peer_stop(tag=None):
+def peer_stop(tag=None, app=None):
     """
-    Stop the download or lingering seeding of ``tag`` (default: every tag).
+    Stop the download or lingering seeding of ``tag`` (default: every tag of the app
+    namespace). ``app``: the app namespace (default: pillar ``lssd:app``, else none).
 
     CLI Example:
 
@@ -390,7 +396,7 @@ def peer_stop(tag=None):
 
         salt 'web*' lssd.peer_stop
     """
-    return procs.stop_each("peer", _minion().layout.run_dirs("peer", tag), tag)
+    return procs.stop_each("peer", _minion(app).layout.run_dirs("peer", tag), tag)
 
 
 @_wrap
@@ -419,10 +425,12 @@ def lookup(tag, torrent=None, nonce=None, missing_ok=False):
 
 
 @_wrap
-def installed(tag=None):
+def installed(tag=None, app=None):
     """
     What :py:func:`peer` installed on this minion and is still in place: per tag, the
-    target directory, the archive's SHA-256 and when. Without ``tag``: every tag.
+    target directory, the archive's SHA-256, the ``run_id`` of the run that deployed it and
+    when. Without ``tag``: every tag. ``app``: the app namespace whose records to read
+    (default: pillar ``lssd:app``, else none).
 
     CLI Example:
 
@@ -431,7 +439,7 @@ def installed(tag=None):
         salt web01 lssd.installed
         salt web01 lssd.installed Deploy1
     """
-    return inventory.installed(_minion(), tag)
+    return inventory.installed(_minion(app), tag)
 
 
 @_wrap
@@ -606,9 +614,11 @@ def abort_run(run_id, reason="the run's seeder or tracker failed"):
 
 
 @_wrap
-def status():
+def status(app=None):
     """
-    Everything lssd runs on this minion: role, tag, pid, status, progress, rates, peers.
+    Everything lssd runs on this minion, in every app namespace: role, tag, app, pid,
+    status, progress, rates, peers; and the tags installed in the app namespace ``app``
+    (default: pillar ``lssd:app``, else none).
 
     CLI Example:
 
@@ -616,7 +626,7 @@ def status():
 
         salt '*' lssd.status
     """
-    return inventory.status(_minion())
+    return inventory.status(_minion(app))
 
 
 @_wrap
@@ -628,8 +638,9 @@ def plan(state, name, **kwargs):
     ask the same question.
 
     state
-        One of ``tracker_running``, ``tracker_stopped``, ``seeding``, ``seeding_stopped``,
-        ``deployed``, ``absent``, ``peer_stopped``, ``archive_absent``.
+        One of ``tracker_running``, ``tracker_stopped``, ``torrent_made``, ``seeding``,
+        ``seeding_stopped``, ``deployed``, ``absent``, ``peer_stopped``, ``archive_absent``,
+        ``rolled_back``.
     name
         The state's name (a tag, or ``all`` where the state allows it).
     kwargs

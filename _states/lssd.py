@@ -34,6 +34,11 @@ as ``lssd.orch.deploy`` does.
     Deploy0:
       lssd.absent:
         - destination_path: /opt/app
+
+    # on a peer: current back to the tag installed before (or rollback_to)
+    lssd-current:
+      lssd.rolled_back:
+        - destination_path: /opt/app
 """
 
 from salt.exceptions import SaltException
@@ -126,6 +131,27 @@ def tracker_stopped(name):
         An ID for the state; not used otherwise.
     """
     return _apply(name, "tracker_stopped")
+
+
+def torrent_made(name, files_path=None, tracker=None, compression=None, exclude=None, path_is_file=None,
+                 rebuild=None):
+    """
+    Ensure this minion holds the archive and torrent of the tag ``name``, without seeding it.
+
+    A torrent this minion already made for the tag is kept (nothing is packed) unless
+    ``rebuild`` is set. ``lssd.seeding`` does this and seeds.
+
+    name
+        The deploy tag.
+    files_path, tracker, compression, exclude, path_is_file, rebuild
+        As for ``lssd.seeding``.
+    """
+    return _apply(
+        name,
+        "torrent_made",
+        files_path=files_path, tracker=tracker, compression=compression, exclude=exclude,
+        path_is_file=path_is_file, rebuild=rebuild,
+    )
 
 
 def seeding(name, files_path=None, tracker=None, compression=None, exclude=None, path_is_file=None, rebuild=None):
@@ -288,3 +314,24 @@ def archive_absent(name):
         The deploy tag.
     """
     return _apply(name, "archive_absent")
+
+
+def rolled_back(name, destination_path=None, rollback_to=None, current=None):
+    """
+    Ensure the ``current`` symlink in ``destination_path`` points back at a tag this host
+    still holds: ``rollback_to`` if given, else the tag installed before the one it points to
+    now (the previous kept tag; ``keep`` decides how many are kept). Nothing is downloaded: a
+    tag not installed in ``destination_path`` fails, naming the tags that are. A symlink that
+    already points there changes nothing; test=True says what would switch.
+
+    name
+        An ID for the state; not used otherwise.
+    destination_path
+        Absolute directory. Default: pillar ``lssd:destination_path``.
+    rollback_to
+        The tag to point to. Default: pillar ``lssd:rollback_to``, else the previous tag.
+    current
+        ``true`` for the ``current`` symlink, or its name. Default: pillar ``lssd:current``;
+        a rollback without one fails.
+    """
+    return _apply(name, "rolled_back", destination_path=destination_path, rollback_to=rollback_to, current=current)

@@ -14,6 +14,12 @@ A minion keeps everything lssd owns below one *state directory* (default
       tracker/allowed/<infohash>     info-hashes the tracker serves (tracker_allow)
       installed/<tag>.json           what the peer installed and where (for idempotent states)
       locks/peer-<tag>.lock          held while a job deploys the tag (one at a time)
+      apps/<app>/                    the same archives/ ... locks/ (not tracker/) for each
+                                     lssd:app, so two apps may deploy one tag side by side
+
+Without lssd:app everything sits at the top, as it always has, so existing installs keep
+working. The tracker is one per minion whatever the app: it stays at the top (run/tracker,
+tracker/allowed) and serves every app's info-hashes.
 """
 
 import contextlib
@@ -30,37 +36,49 @@ from salt_lssd import LssdError
 _TAG_MAX = 128
 
 
-def validate_tag(tag):
+def validate_tag(tag, what="tag"):
     """Return ``tag`` as a str if it is a safe name, else raise LssdError naming what is wrong.
 
-    An int is taken as its digits: YAML reads ``tag: 20261125`` as a number.
+    An int is taken as its digits: YAML reads ``tag: 20261125`` as a number. ``what`` names
+    the value in errors (``app`` for an app namespace, which follows the same rules).
     """
     if isinstance(tag, int) and not isinstance(tag, bool):
         tag = str(tag)
     if not isinstance(tag, str):
-        raise LssdError(f"tag {tag!r} must be a string, not {type(tag).__name__}")
+        raise LssdError(f"{what} {tag!r} must be a string, not {type(tag).__name__}")
     if not tag:
-        raise LssdError("tag '' is empty; a tag is a name such as 'Deploy1'")
+        raise LssdError(f"{what} '' is empty; a {what} is a name such as 'Deploy1'")
     if len(tag) > _TAG_MAX:
-        raise LssdError(f"tag {tag!r} is {len(tag)} characters long; at most {_TAG_MAX} are allowed")
+        raise LssdError(f"{what} {tag!r} is {len(tag)} characters long; at most {_TAG_MAX} are allowed")
     if "/" in tag or "\\" in tag:
-        raise LssdError(f"tag {tag!r} may not contain '/' or '\\'")
-    if tag == "all":  # states take "all" for every tag
+        raise LssdError(f"{what} {tag!r} may not contain '/' or '\\'")
+    if tag == "all" and what == "tag":  # states take "all" for every tag
         raise LssdError("tag 'all' is reserved (lssd.seeding_stopped all stops every tag); choose another name")
     if tag in (".", "..") or ".." in tag:
-        raise LssdError(f"tag {tag!r} may not contain '..'")
+        raise LssdError(f"{what} {tag!r} may not contain '..'")
     if tag.startswith(".") or tag.startswith("-"):
-        raise LssdError(f"tag {tag!r} may not start with '.' or '-'")
+        raise LssdError(f"{what} {tag!r} may not start with '.' or '-'")
     bad = [c for c in tag if c.isspace() or not c.isprintable()]
     if bad:  # named apart from the character list below: the commonest mistake
         raise LssdError(
-            f"tag {tag!r} may not contain whitespace or control characters (found {bad[0]!r})"
+            f"{what} {tag!r} may not contain whitespace or control characters (found {bad[0]!r})"
         )
     if not re.fullmatch(r"[A-Za-z0-9._+@=:,~-]+", tag):
         raise LssdError(
-            f"tag {tag!r} may only contain letters, digits and . _ + @ = : , ~ -"
+            f"{what} {tag!r} may only contain letters, digits and . _ + @ = : , ~ -"
         )
     return tag
+
+
+def validate_app(app):
+    """Return ``app`` as a str if it names an app namespace (lssd:app), else raise LssdError.
+
+    The rules of a tag, and no ',': Salt's mine.get reads a ',' in the function name as a
+    list, so an alias holding one could not be read back."""
+    app = validate_tag(app, "app")
+    if "," in app:
+        raise LssdError(f"app {app!r} may not contain ','; allowed: letters, digits and . _ + @ = : ~ -")
+    return app
 
 
 def ensure_dir(path, mode=0o700):
@@ -114,13 +132,26 @@ def _check_private_dir(path, *owners):
 
 
 class Layout:
-    """Where a minion's lssd files live (see the module docstring)."""
+    """Where a minion's lssd files live (see the module docstring).
 
-    def __init__(self, state_dir):
+    ``root`` is the state directory; ``home`` holds this app's files: ``root`` itself without
+    an app, ``root/apps/<app>`` with one. Only the tracker's files are always below ``root``.
+    """
+
+    def __init__(self, state_dir, app=None):
         self.root = os.path.abspath(state_dir)
+        self.app = None if app in (None, "") else validate_app(app)
+        self.home = self.root if self.app is None else os.path.join(self.root, "apps", self.app)
+
+    def apps(self):
+        """The app namespaces that hold anything here, sorted (the default one not included)."""
+        where = os.path.join(self.root, "apps")
+        if not os.path.isdir(where):
+            return []
+        return sorted(n for n in os.listdir(where) if os.path.isdir(os.path.join(where, n)))
 
     def _sub(self, *parts):
-        return os.path.join(self.root, *parts)
+        return os.path.join(self.home, *parts)
 
     @property
     def archives(self):
@@ -140,7 +171,7 @@ class Layout:
 
     @property
     def allowed(self):
-        return self._sub("tracker", "allowed")
+        return os.path.join(self.root, "tracker", "allowed")
 
     @property
     def installed(self):
@@ -160,6 +191,8 @@ class Layout:
         return os.path.join(self.torrents, validate_tag(tag) + ".json")
 
     def run_dir(self, role, tag=None):
+        if role == "tracker":  # one tracker per minion, shared by every app
+            return os.path.join(self.root, "run", "tracker")
         name = role if tag is None else f"{role}-{validate_tag(tag)}"
         return os.path.join(self.run, name)
 
@@ -172,8 +205,11 @@ class Layout:
         names = sorted(os.listdir(self.run)) if os.path.isdir(self.run) else []
         for name in names:
             each_role, _, each_tag = name.partition("-")
-            if role in (None, each_role) and tag in (None, each_tag):
+            # An app's run/ holds no tracker: the minion's one tracker lives below root.
+            if role in (None, each_role) and tag in (None, each_tag) and not (self.app and each_role == "tracker"):
                 found[(each_role, each_tag or None)] = os.path.join(self.run, name)
+        if self.app and role in (None, "tracker") and tag is None and os.path.isdir(self.run_dir("tracker")):
+            found[("tracker", None)] = self.run_dir("tracker")
         return found
 
     def aborted(self, run_id):
@@ -183,6 +219,9 @@ class Layout:
 
     def installed_record(self, tag):
         return os.path.join(self.installed, validate_tag(tag) + ".json")
+
+    def lock(self, tag):
+        return os.path.join(self.locks, f"peer-{validate_tag(tag)}.lock")
 
 
 @contextlib.contextmanager

@@ -90,7 +90,8 @@ class _TagLock:
     """An exclusive lock per tag on this minion, held while the tag is deployed."""
 
     def __init__(self, layout, tag):
-        self.path = os.path.join(ensure_dir(layout.locks), f"peer-{tag}.lock")
+        ensure_dir(layout.locks)
+        self.path = layout.lock(tag)
 
     def __enter__(self):
         self._fh = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a")
@@ -106,14 +107,21 @@ def peer(minion, tag, **kwargs):
     """Download ``tag`` through the swarm, verify and install it; returns the summary.
 
     Events: ``lssd/peer/<tag>/start`` when the download starts, ``.../progress`` while it
-    runs, ``.../complete`` with the summary, ``.../failed`` with the ``reason``.
+    runs, ``.../complete`` with the summary, ``.../failed`` with the ``reason``. Each names
+    the ``app`` and the orchestrate's ``run_id`` (None outside a run), so a listener tells
+    apart two runs that deploy one tag; the install record keeps both too.
     """
     tag = validate_tag(tag)
     try:
         return _peer(minion, tag, **kwargs)
     except LssdError as exc:
-        minion.fire(f"lssd/peer/{tag}/failed", {"tag": tag, "reason": str(exc)})
+        minion.fire(f"lssd/peer/{tag}/failed", dict(_run(minion), tag=tag, reason=str(exc)))
         raise
+
+
+def _run(minion):
+    """What every peer event and install record says of the run: ``app`` and ``run_id``."""
+    return {"app": minion.app, "run_id": minion.setting("run_id")}
 
 
 def _peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger=None, nonce=None, **options):
@@ -136,7 +144,8 @@ def _peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger
         if done:  # another build of the tag is in place: checked only now that it is to be replaced
             install.check(destination_path, tag, **options)
         run_dir, archive = _start_download(minion, tag, data, info, linger, timeout, lt_settings)
-        minion.fire(f"lssd/peer/{tag}/start", {"tag": tag, "infohash": info["infohash"], "size": info["size"]})
+        minion.fire(f"lssd/peer/{tag}/start",
+                    dict(_run(minion), tag=tag, infohash=info["infohash"], size=info["size"]))
         state = wait_for_download(minion, tag, run_dir, archive, timeout, info["size"])
         install_started = time.monotonic()
         try:
@@ -149,7 +158,7 @@ def _peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger
             procs.stop(run_dir)
             _remove(archive)
             raise
-    summary = _summary(tag, info, meta, state, installed, linger)
+    summary = dict(_summary(tag, info, meta, state, installed, linger), **_run(minion))
     summary["install_seconds"] = round(time.monotonic() - install_started, 3)
     inventory.record(minion, tag, summary)
     minion.fire(f"lssd/peer/{tag}/complete", summary)
@@ -312,6 +321,7 @@ def _progress(state, size):
 def wait_for_download(minion, tag, run_dir, archive, timeout, size=None):
     """Poll the peer process until it completes; a progress event every progress_interval s."""
     progress_interval = minion.setting("progress_interval")
+    run = _run(minion)
     deadline = time.monotonic() + number(timeout, "timeout", 1)
     next_event = 0.0 if progress_interval > 0 else float("inf")
     while True:
@@ -332,7 +342,7 @@ def wait_for_download(minion, tag, run_dir, archive, timeout, size=None):
                 _remove(archive)
             raise error
         if now >= next_event and status == "downloading":
-            minion.fire(f"lssd/peer/{tag}/progress", _progress(state, size))
+            minion.fire(f"lssd/peer/{tag}/progress", dict(_progress(state, size), **run))
             next_event = now + progress_interval
         # Every waiting job polls; Salt's processes share the cores with the swarm on small
         # hosts. Once a second until the end is near, then 5 Hz so completion is seen

@@ -1,8 +1,9 @@
 """What a minion holds for lssd, and taking it away: install records, where a tag goes,
 the ``current`` symlink, removing tags (one, or all but the newest few), archives, status.
 
-Records (``installed/<tag>.json``) say what ``deploy.peer`` installed and where; only tags
-with a record count as lssd's, so nothing else in a destination is ever touched.
+Records (``installed/<tag>.json``, one set per app namespace) say what ``deploy.peer``
+installed and where; only tags with a record count as lssd's, so nothing else in a
+destination is ever touched.
 """
 
 import os
@@ -11,7 +12,7 @@ import time
 
 from salt_lssd import LssdError, install, pack, procs, releases
 from salt_lssd import torrent as metainfo
-from salt_lssd.common import read_json, validate_tag, write_json_atomic
+from salt_lssd.common import Layout, read_json, validate_tag, write_json_atomic
 
 
 def record(minion, tag, summary):
@@ -166,7 +167,7 @@ def uninstall(minion, tag, destination_path=None, force=False, test=False):
     if tree is not None:
         releases.remove(tree, force=force)
     forget(minion, tag)
-    minion.fire(f"lssd/peer/{tag}/removed", {"tag": tag, "target": tree})
+    minion.fire(f"lssd/peer/{tag}/removed", {"tag": tag, "app": minion.app, "target": tree})
     minion.refresh_grains()
     return dict(result, comment=f"removed {tag}")
 
@@ -189,9 +190,15 @@ def prune(minion, keep, destination_path=None, newest=None, link=None, test=Fals
 
 
 def status(minion):
-    """Every lssd process here (role, tag, pid, status, progress...) and the installed tags."""
+    """Every lssd process here (role, tag, app, pid, status, progress...), of every app
+    namespace, and the tags installed in this minion's namespace (``app``)."""
     layout = minion.layout
-    processes = [
-        dict(procs.state(run_dir), role=role, tag=tag) for (role, tag), run_dir in layout.run_dirs().items()
-    ]
-    return {"state_dir": layout.root, "processes": processes, "installed": sorted(installed(minion))}
+    processes, seen = [], set()
+    for app in [None] + layout.apps():
+        for (role, tag), run_dir in Layout(layout.root, app).run_dirs().items():
+            if run_dir not in seen:  # the tracker shows in every namespace; list it once
+                seen.add(run_dir)
+                owner = None if role == "tracker" else app
+                processes.append(dict(procs.state(run_dir), role=role, tag=tag, app=owner))
+    return {"state_dir": layout.root, "app": layout.app, "processes": processes,
+            "installed": sorted(installed(minion))}

@@ -1,9 +1,10 @@
 """The Salt mine as lssd's authenticated channel: torrents and the tracker address.
 
-A seeder publishes each tag's .torrent as ``lssd_torrent_<tag>`` with the nonce of its
-seeding run; the tracker minion publishes its announce URL as ``lssd_tracker``. Publishing
-waits until the master holds the new entry (``mine.send`` returns before it does), so a peer
-started afterwards never reads the previous one. Entries are checked on the way out: one
+A seeder publishes each tag's .torrent as ``lssd_torrent_<tag>``
+(``lssd_torrent_<app>/<tag>`` under lssd:app) with the nonce of its seeding run; the
+tracker minion publishes its announce URL as ``lssd_tracker``. Publishing waits until the
+master holds the new entry (``mine.send`` returns before it does), so a peer started
+afterwards never reads the previous one. Entries are checked on the way out: one
 build per tag, and the torrent must match the info-hash and SHA-256 published beside it.
 """
 
@@ -18,8 +19,11 @@ TORRENT_PREFIX = "lssd_torrent_"
 TRACKER = "lssd_tracker"
 
 
-def torrent_alias(tag):
-    return TORRENT_PREFIX + tag
+def torrent_alias(tag, app=None):
+    """The mine alias of ``tag``'s torrent in ``app``'s namespace. Neither a tag nor an app may
+    hold '/', so ``<app>/<tag>`` names one (app, tag) pair only, and no default-namespace
+    alias (which has no '/') can equal an app's."""
+    return TORRENT_PREFIX + (tag if app is None else f"{app}/{tag}")
 
 
 def publish(minion, alias, mine_function, matches, timeout, **kwargs):
@@ -58,6 +62,7 @@ def torrent_entry(minion, tag, data, meta, nonce, run_id=None):
     return {
         "run_id": run_id,
         "tag": tag,
+        "app": minion.app,
         "torrent": base64.b64encode(data).decode("ascii"),
         "infohash": meta["infohash"],
         "sha256": meta["sha256"],
@@ -72,7 +77,7 @@ def lookup_torrent(minion, tag, nonce=None, seeder=None, run_id=None):
     """The current entry for ``tag`` from ``seeder`` (a compound target; default: pillar
     lssd:targets:seeder), decoded and checked: ``data``, ``info``, ``entry``. NotPublished
     when no seeder publishes it (with ``nonce`` and for run ``run_id``, if given)."""
-    alias = torrent_alias(tag)
+    alias = torrent_alias(tag, minion.app)
     published = minion.mine_get(_target(minion, "targets:seeder", "which minion's torrent to trust", seeder), alias)
     entries = {
         who: entry

@@ -24,7 +24,7 @@ class Minion:
     ``cp.cache_file``.
     """
 
-    def __init__(self, opts, salt, grains=None):
+    def __init__(self, opts, salt, grains=None, app=None):
         self.id = opts["id"]
         self.cachedir = opts["cachedir"]
         # Masterless (file_client: local): the mine is this minion's own cache, read by no one else.
@@ -32,13 +32,19 @@ class Minion:
         self.grains = grains or {}
         self._salt = salt
         self.settings = Settings(lambda key: salt["config.get"](key))
+        self._app = app
+
+    @property
+    def app(self):
+        """The app namespace (lssd:app, or the ``app`` a function was given); None: the default."""
+        return self.setting("app", self._app)
 
     def setting(self, name, value=None):
         return self.settings.get(name, value)
 
     @property
     def layout(self):
-        return Layout(self.setting("state_dir") or os.path.join(self.cachedir, "lssd"))
+        return Layout(self.setting("state_dir") or os.path.join(self.cachedir, "lssd"), self.app)
 
     def fire(self, tag, data):
         """Send an event to the master; progress is a courtesy, so a failure is only logged."""

@@ -8,7 +8,9 @@ order and report the changes of the steps that ran, also when a later one fails.
 a real run makes before moving a byte are made here too, so test=True reports what would fail.
 """
 
-from salt_lssd import LssdError, deploy, install, inventory, procs, seeder
+import os
+
+from salt_lssd import LssdError, deploy, install, inventory, procs, releases, seeder
 from salt_lssd.common import validate_tag
 from salt_lssd.settings import check, number
 
@@ -64,6 +66,26 @@ def tracker_stopped(minion, name):
                  changes)
 
 
+def _build_steps(minion, tag, files_path, tracker, compression, exclude, path_is_file):
+    """The step that packs ``tag`` and makes its torrent, and its change (``built``)."""
+    files_path = minion.setting("seeder_files_path", files_path)
+    changes = {"built": {"tag": tag, "files_path": files_path}}
+    step = _step("create_torrent", "built", fields=("infohash", "sha256", "size"), tag=tag, files_path=files_path,
+                 tracker=tracker, compression=compression, exclude=exclude, path_is_file=path_is_file)
+    return [step], changes
+
+
+def torrent_made(minion, name, files_path=None, tracker=None, compression=None, exclude=None, path_is_file=None,
+                 rebuild=None):
+    tag = validate_tag(name)
+    made = seeder.torrent_info(minion, tag)
+    if made is not None and not minion.setting("rebuild", rebuild):
+        return _plan(f"The torrent of {tag} exists (infohash {made['infohash']})")
+    steps, changes = _build_steps(minion, tag, files_path, tracker, compression, exclude, path_is_file)
+    verb = "packed again" if made is not None else "packed"
+    return _plan(f"{tag} would be {verb} and its torrent made", steps, changes)
+
+
 def seeding(minion, name, files_path=None, tracker=None, compression=None, exclude=None, path_is_file=None,
             rebuild=None):
     tag = validate_tag(name)
@@ -73,11 +95,7 @@ def seeding(minion, name, files_path=None, tracker=None, compression=None, exclu
         return _plan(f"{tag} is already being seeded (infohash {made['infohash']})")
     steps, changes = [], {}
     if build:
-        files_path = minion.setting("seeder_files_path", files_path)
-        changes["built"] = {"tag": tag, "files_path": files_path}
-        steps.append(_step("create_torrent", "built", fields=("infohash", "sha256", "size"),
-                           tag=tag, files_path=files_path, tracker=tracker, compression=compression,
-                           exclude=exclude, path_is_file=path_is_file))
+        steps, changes = _build_steps(minion, tag, files_path, tracker, compression, exclude, path_is_file)
     changes["seeding"] = {"old": False, "new": True}
     steps.append(_step("seed_start", "seeding", changes["seeding"], fields=("pid", "infohash", "nonce"), tag=tag))
     return _plan((f"{tag} would be packed and " if build else f"{tag} would be ") + "seeded", steps, changes)
@@ -196,6 +214,56 @@ def _deploy_steps(minion, tag, where, torrent, force, test, peer_args):
     return steps, changes, [comment]
 
 
+def _installed_in(minion, destination):
+    """The tags lssd installed as ``destination/<tag>`` here, oldest install first."""
+    here = [
+        (record.get("installed") or 0, tag)
+        for tag, record in inventory.installed(minion).items()
+        if os.path.normpath(record.get("target", "")) == os.path.join(destination, tag)
+    ]
+    return [tag for _, tag in sorted(here)]
+
+
+def rolled_back(minion, name, destination_path=None, rollback_to=None, current=None):
+    """Point the ``current`` symlink back at a tag installed in ``destination_path``:
+    ``rollback_to``, else the tag installed before the one it points to now. Never a
+    download: a tag that is not installed there is refused, naming those that are."""
+    destination = os.path.normpath(minion.setting("destination_path", destination_path))
+    link = minion.setting("current", current)
+    where = f"rollback on minion {minion.id}"
+    if not link:
+        raise LssdError(
+            f"{where}: lssd:current is not set; a rollback switches the current symlink, so set "
+            "lssd:current to true (or a link name)"
+        )
+    rollback_to = minion.setting("rollback_to", rollback_to)
+    names = _installed_in(minion, destination)
+    listed = f"(installed there: {', '.join(names) or 'none'})"
+    now = releases.read_link(destination, link)
+    now = os.path.basename(os.path.normpath(now)) if now else None
+    if rollback_to is not None:
+        if rollback_to not in names:
+            raise LssdError(
+                f"{where}: {rollback_to} is not installed in {destination} {listed}; a rollback never "
+                "downloads: deploy it with lssd.orch.deploy instead"
+            )
+        to = rollback_to
+    else:
+        before = names[: names.index(now)] if now in names else [n for n in names if n != now]
+        if not before:
+            raise LssdError(
+                f"{where}: no tag older than {now or 'the current one'} is kept in {destination} {listed}; "
+                "name one with lssd:rollback_to, or keep more (lssd:keep)"
+            )
+        to = before[-1]
+    path = os.path.join(destination, link)
+    if to == now:
+        return _plan(f"{path} already points to {to}")
+    changes = {"current": {"old": now, "new": to}}
+    step = _step("switch_current", "current", changes["current"], tag=to, destination_path=destination, link=link)
+    return _plan(f"{path} would point to {to} (from {now or 'nothing'})", [step], changes)
+
+
 def plan(minion, state, name, test=False, **kwargs):
     """The plan of the state ``state`` for ``name`` (see the module docstring)."""
     if state not in STATES:
@@ -205,5 +273,5 @@ def plan(minion, state, name, test=False, **kwargs):
     return globals()[state](minion, name, **kwargs)
 
 
-STATES = ("tracker_running", "tracker_stopped", "seeding", "seeding_stopped", "deployed", "absent",
-          "peer_stopped", "archive_absent")
+STATES = ("tracker_running", "tracker_stopped", "torrent_made", "seeding", "seeding_stopped", "deployed", "absent",
+          "peer_stopped", "archive_absent", "rolled_back")

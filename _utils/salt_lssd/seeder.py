@@ -150,7 +150,7 @@ def published(minion, tag):
 
 def is_published(minion, tag, nonce, run_id=None):
     """Whether the master holds this seeding process's entry for ``tag``, for run ``run_id``."""
-    entry = minion.mine_get(minion.id, mine.torrent_alias(tag), "glob").get(minion.id)
+    entry = minion.mine_get(minion.id, mine.torrent_alias(tag, minion.app), "glob").get(minion.id)
     return isinstance(entry, dict) and entry.get("nonce") == nonce and entry.get("run_id") == run_id
 
 
@@ -160,11 +160,13 @@ def _published_for(run_dir):
 
 def _publish(minion, tag, run_dir, nonce, run_id, timeout):
     # lssd.published (the mine function) reads the run id from here, as it reads the nonce
-    # from the process's config: what it publishes is what this seeder runs for.
+    # from the process's config: what it publishes is what this seeder runs for. app= too:
+    # the mine function must read the namespace this job seeds from.
     write_json_atomic(os.path.join(run_dir, _PUBLISHED_FOR), {"run_id": run_id})
-    mine.publish(minion, mine.torrent_alias(tag), "lssd.published",
+    app = {"app": minion.app} if minion.app else {}
+    mine.publish(minion, mine.torrent_alias(tag, minion.app), "lssd.published",
                  lambda entry: entry.get("nonce") == nonce and entry.get("run_id") == run_id,
-                 number(timeout, "publish_timeout"), tag=tag, **mine.readers(minion))
+                 number(timeout, "publish_timeout"), tag=tag, **app, **mine.readers(minion))
 
 
 def seed_start(minion, tag, publish=True, publish_timeout=60):
@@ -205,8 +207,8 @@ def seed_start(minion, tag, publish=True, publish_timeout=60):
     started.update(changed=True, tag=tag, infohash=meta["infohash"], nonce=config["nonce"], comment=f"seeding {tag}")
     if publish:
         _publish(minion, tag, run_dir, config["nonce"], run_id, publish_timeout)
-    minion.fire(f"lssd/seeder/{tag}/start", {"tag": tag, "infohash": meta["infohash"], "size": meta["size"],
-                                             "nonce": config["nonce"]})
+    minion.fire(f"lssd/seeder/{tag}/start", {"tag": tag, "app": minion.app, "infohash": meta["infohash"],
+                                             "size": meta["size"], "nonce": config["nonce"], "run_id": run_id})
     return started
 
 
@@ -214,8 +216,8 @@ def seed_stop(minion, tag=None):
     """Stop seeding ``tag`` (every tag for None) and withdraw it from the mine."""
     run_dirs = minion.layout.run_dirs("seeder", tag)
     for _, each in run_dirs:
-        minion.mine_delete(mine.torrent_alias(each))
+        minion.mine_delete(mine.torrent_alias(each, minion.app))
     stopped = procs.stop_each("seeder", run_dirs, tag)
     for each in stopped["stopped"]:
-        minion.fire(f"lssd/seeder/{each}/stop", {"tag": each})
+        minion.fire(f"lssd/seeder/{each}/stop", {"tag": each, "app": minion.app})
     return stopped

@@ -10,7 +10,7 @@ table. Required settings have no default: a run without them fails naming the ke
 import os
 
 from salt_lssd import LssdError, install, pack, releases
-from salt_lssd.common import validate_tag
+from salt_lssd.common import validate_app, validate_tag
 
 REQUIRED = object()
 
@@ -72,6 +72,12 @@ def _tag(value, name):
             f"{value!r}; quote it (tag: '1.10')"
         )
     return validate_tag(value)
+
+
+def _app(value, name):
+    if isinstance(value, float):
+        raise LssdError(f"{name} {value!r} is a number; quote it ('{value}')")
+    return validate_app(value)
 
 
 def _tracker_host(value, name):
@@ -154,6 +160,8 @@ def _sls_list(value, name):
 # name: (default, check). Nested pillar keys are written with ':' as in config.get.
 TABLE = {
     "tag": (REQUIRED, _tag),
+    "app": (None, _optional(_app)),
+    "rollback_to": (None, _optional(_tag)),
     "seeder_files_path": (REQUIRED, _absolute),
     "path_is_file": (False, _bool),
     "exclude": (pack.DEFAULT_EXCLUDE, _exclude),

@@ -103,5 +103,6 @@ def allow(minion, ref, seeder=None, run_id=None, wait=None):
         info = mine.await_torrent(minion, tag, run_id, wait, seeder=seeder)["info"]
     else:
         tag, info = _torrent_info(minion, str(ref), seeder)
-    result = tracker.allow(minion.layout.root, info["infohash"], tag, passkey=tracker.passkey_of(info["tracker"]))
+    result = tracker.allow(minion.layout.root, info["infohash"], tag, passkey=tracker.passkey_of(info["tracker"]),
+                           app=minion.app)
     return dict(result, tag=tag, infohash=info["infohash"])

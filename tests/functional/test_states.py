@@ -304,3 +304,44 @@ def test_absent(origin, make_minion, build, build2, tmp_path):
     assert os.listdir(dest) == []
     assert running(peer) == []
     assert peer.states.lssd.absent(name="R2", force=True).changes == {}
+
+
+def test_two_apps_deploy_one_tag_side_by_side(origin, make_minion, build, build2, tmp_path):
+    # Two minion configs over one state directory stand for one minion with two apps: the
+    # state directory is all the lssd of a minion is.
+    seeding = origin.modules.lssd.status()["state_dir"]
+    made = {}
+    for app, files in (("shop", build), ("blog", build2)):
+        seeder_app = make_minion(f"origin-{app}", app=app, state_dir=seeding)
+        ret = seeder_app.states.lssd.seeding(name="R1", files_path=str(files))
+        assert ret.result is True, ret.comment
+        made[app] = seeder_app.modules.lssd.torrent_info("R1")
+        assert seeder_app.modules.lssd.tracker_allow(made[app]["torrent"])["app"] == app
+    assert made["shop"]["torrent"] != made["blog"]["torrent"]
+    assert made["shop"]["infohash"] != made["blog"]["infohash"]
+    # The default namespace made no torrent of R1.
+    assert origin.modules.lssd.torrent_info("R1") is None
+
+    state_dir = str(tmp_path / "peer-state")
+    peers = {app: make_minion(f"peer-{app}", app=app, state_dir=state_dir, run_id=f"run-{app}")
+             for app in made}
+    for app, peer in peers.items():
+        dest = tmp_path / app
+        ret = peer.states.lssd.deployed(name="R1", destination_path=str(dest), torrent=made[app]["torrent"])
+        assert ret.result is True, ret.comment
+        assert ret.changes["deployed"]["sha256"] == made[app]["sha256"]
+    for app, files in (("shop", build), ("blog", build2)):
+        record = peers[app].modules.lssd.installed("R1")
+        assert record["target"] == str(tmp_path / app / "R1") and record["sha256"] == made[app]["sha256"]
+        assert record["run_id"] == f"run-{app}" and record["app"] == app
+        assert os.path.isfile(os.path.join(state_dir, "apps", app, "installed", "R1.json"))
+        assert tree_manifest(tmp_path / app / "R1") == expected(files)
+    assert not os.path.exists(os.path.join(state_dir, "installed"))
+    # Each app's lingering peer runs from its own directory; status lists both.
+    processes = peers["shop"].modules.lssd.status()["processes"]
+    assert sorted((p["app"], p["tag"]) for p in processes if p["role"] == "peer") == [("blog", "R1"), ("shop", "R1")]
+    # Again: each app finds its own record, nothing moves.
+    for app, peer in peers.items():
+        again = dict(name="R1", destination_path=str(tmp_path / app), torrent=made[app]["torrent"])
+        ret = peer.states.lssd.deployed(**again)
+        assert ret.result is True and ret.changes == {}, ret.comment

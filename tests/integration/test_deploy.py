@@ -4,6 +4,7 @@ Every test stands alone (``-k`` runs any one of them): it deploys its own tags i
 directories (the ``case`` fixture), and nothing it checks depends on an earlier test.
 """
 
+import json
 import os
 import stat
 import time
@@ -64,6 +65,9 @@ def test_per_minion_pillar_each_peer_installs_into_its_own_path(lssd_env, case, 
     assert sorted(event.data["id"] for event in completes) == sorted(PEERS)
     for event in completes:
         assert event.data["data"]["bytes"] > 0 and event.data["data"]["seconds"] > 0
+    # One run, one run id, in every peer's complete event and install record.
+    (run_id,) = {event.data["data"]["run_id"] for event in completes}
+    assert run_id and all(lssd_env.call(peer, "lssd.installed", case.tag)["run_id"] == run_id for peer in PEERS)
     progress = event_listener.get_events([(master, f"lssd/peer/{case.tag}/progress")], after_time=since)
     assert progress, "no progress event reached the master"
     for event in progress:
@@ -190,6 +194,40 @@ def test_stop_peer_stop_and_rm_tgz(lssd_env, case):
     ret = lssd_env.salt.run("state.apply", "lssd.rm_tgz", minion_tgt="web1")
     (result,) = ret.data.values()
     assert result["result"] is True and not result["changes"], result
+
+
+def test_stop_stops_only_the_tag_of_its_run(lssd_env, case):
+    # Two runs seed from one seeder; the orchestrate's stop step of one (its run pillar names
+    # the tag) must leave the other seeding.
+    first, second = case.tags(2)
+
+    def apply(sls, target, tag):
+        ret = lssd_env.salt.run("-C", "state.apply", sls, "pillar=" + json.dumps({"lssd": {"tag": tag}}),
+                                minion_tgt=target)
+        assert ret.returncode == 0, ret.stdout
+        return ret.data
+
+    try:
+        apply("lssd.tracker", "tracker", first)
+        for tag in (first, second):
+            apply("lssd.seeder", "seeder", tag)
+        assert all(lssd_env.call("seeder", "lssd.torrent_info", tag)["seeding"] for tag in (first, second))
+
+        stopped = apply("lssd.stop", "tracker or seeder", first)
+        (seeding,) = [r for key, r in stopped["seeder"].items() if "lssd-seeding-stopped" in key]
+        assert seeding["result"] is True and seeding["changes"] == {"stopped": [first]}, seeding
+        assert lssd_env.call("seeder", "lssd.torrent_info", first)["seeding"] is False
+        assert lssd_env.call("seeder", "lssd.torrent_info", second)["seeding"] is True
+        # The tracker stops whatever the tag.
+        (tracker,) = [r for key, r in stopped["tracker"].items() if "lssd-tracker-stopped" in key]
+        assert tracker["result"] is True and tracker["changes"], tracker
+        assert lssd_env.call("tracker", "lssd.tracker_status")["running"] is False
+        # The second run's entry is still in the mine for its peers.
+        assert lssd_env.call("web1", "lssd.lookup", second)["published"] is True
+    finally:
+        lssd_env.salt.run("lssd.seed_stop", second, minion_tgt="seeder")
+        lssd_env.salt.run("lssd.tracker_stop", minion_tgt="tracker")
+    assert not lssd_env.processes()
 
 
 def test_create_torrent_sls_packs_once(lssd_env, case):

@@ -11,8 +11,9 @@ from .lssd_integration import REPO
 
 # No default stands in for these: pillar.example shows them commented, defaults.yaml lacks them.
 REQUIRED = ["tag", "seeder_files_path", "destination_path", "targets:tracker", "targets:seeder", "targets:peer"]
-# Given per run (pillar=), not kept in pillar: shown commented too.
-PER_RUN = ["rollback_to", "run_id"]
+# Given per run (pillar=), not kept in pillar, and with no default: shown commented too.
+# (rollback_to, app and run_id are per run too, but their default, null, is in defaults.yaml.)
+PER_RUN = []
 
 
 def flat_keys(data, prefix=""):

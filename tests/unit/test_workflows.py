@@ -10,7 +10,8 @@ import os
 
 import pytest
 from lssd_testutil import make_build_tree
-from salt_lssd import LssdError, NotPublished, deploy, inventory, mine, plans, seeder
+from salt_lssd import LssdError, NotPublished, deploy, inventory, mine, plans, seeder, tag_grains
+from salt_lssd.common import Layout, read_json, write_json_atomic
 from salt_lssd.minion import Minion
 
 
@@ -56,7 +57,7 @@ class Fleet:
         meta = seeder.local_torrent(seeder_minion, tag)
         with open(seeder_minion.layout.torrent(tag), "rb") as fh:
             entry = mine.torrent_entry(seeder_minion, tag, fh.read(), meta, nonce)
-        self.mine.setdefault(mine.torrent_alias(tag), {})[seeder_minion.id] = entry
+        self.mine.setdefault(mine.torrent_alias(tag, seeder_minion.app), {})[seeder_minion.id] = entry
         return entry
 
 
@@ -196,3 +197,127 @@ def test_with_a_master_a_peer_without_targets_trusts_no_mine_entry(fleet, built)
 def test_the_tag_all_is_reserved(fleet):
     with pytest.raises(LssdError, match="tag 'all' is reserved"):
         inventory.installed(fleet.minion("web1"), "all")
+
+
+# -- app namespaces (lssd:app) ------------------------------------------------------------
+
+
+def test_an_app_gets_its_own_files_and_the_default_keeps_the_old_layout(tmp_path):
+    root = str(tmp_path / "lssd")
+    default, app = Layout(root), Layout(root, "shop")
+    # No app: the layout as it always was, so existing installs keep working.
+    assert default.installed_record("T1") == os.path.join(root, "installed", "T1.json")
+    assert default.run_dir("peer", "T1") == os.path.join(root, "run", "peer-T1")
+    home = os.path.join(root, "apps", "shop")
+    pairs = [(default.torrent("T1"), app.torrent("T1")), (default.credentials("T1"), app.credentials("T1")),
+             (default.installed_record("T1"), app.installed_record("T1")), (default.lock("T1"), app.lock("T1")),
+             (default.run_dir("seeder", "T1"), app.run_dir("seeder", "T1")),
+             (default.run_dir("peer", "T1"), app.run_dir("peer", "T1")),
+             (default.archives, app.archives), (default.downloads, app.downloads)]
+    for old, new in pairs:
+        assert old != new and new.startswith(home + os.sep) and not old.startswith(os.path.join(root, "apps"))
+    # One tracker per minion serves every app.
+    assert app.run_dir("tracker") == default.run_dir("tracker") and app.allowed == default.allowed
+
+
+def test_mine_aliases_name_one_app_and_tag_pair_only():
+    apps = [None, "a", "a.b", "a:b", "shop", "shop-1"]
+    tags = ["T1", "a", "b", "a:b", "shop-T1", "x,y"]
+    aliases = {(app, tag): mine.torrent_alias(tag, app) for app in apps for tag in tags}
+    assert len(set(aliases.values())) == len(aliases)
+    assert mine.torrent_alias("T1") == "lssd_torrent_T1" and mine.torrent_alias("T1", "shop") == "lssd_torrent_shop/T1"
+
+
+@pytest.mark.parametrize("app, message", [
+    ("a/b", r"app 'a/b' may not contain '/'"),
+    ("a,b", r"app 'a,b' may not contain ','"),
+    ("..", r"app '..' may not contain '..'"),
+    (1.5, r"lssd:app 1.5 is a number"),
+])
+def test_bad_app_names_are_refused_naming_the_value(fleet, app, message):
+    with pytest.raises(LssdError, match=message):
+        fleet.minion("web1", app=app).layout
+
+
+def test_two_apps_publish_and_install_one_tag_apart(fleet, tmp_path):
+    made = {}
+    for app, seed in (("a", b"first"), ("b", b"second")):
+        build = make_build_tree(tmp_path / f"build-{app}", data_mb=1, seed=seed)
+        seeding = fleet.minion("build01", app=app, seeder_files_path=build,
+                               tracker={"host": "127.0.0.1", "port": 6969}, run_id=f"run-{app}")
+        made[app] = seeder.create_torrent(seeding, "T1")
+        entry = fleet.publish(seeding, "T1")
+        assert (entry["app"], entry["run_id"]) == (app, f"run-{app}")
+    assert made["a"]["torrent"] != made["b"]["torrent"] and made["a"]["sha256"] != made["b"]["sha256"]
+    for app in ("a", "b"):
+        peer = fleet.minion("web1", app=app, destination_path=str(tmp_path / app))
+        assert deploy.lookup(peer, "T1")["sha256"] == made[app]["sha256"]
+        inventory.record(peer, "T1", {"target": str(tmp_path / app / "T1"), "sha256": made[app]["sha256"]})
+        (tmp_path / app / "T1").mkdir(parents=True)
+    # The default namespace sees neither app's entry nor record.
+    plain = fleet.minion("web1", destination_path=str(tmp_path / "plain"))
+    assert deploy.lookup(plain, "T1", missing_ok=True)["published"] is False
+    assert inventory.installed(plain) == {}
+    for app in ("a", "b"):
+        assert inventory.installed(fleet.minion("web1", app=app))["T1"]["sha256"] == made[app]["sha256"]
+
+
+
+def test_grains_keep_the_default_namespace_and_add_each_app(fleet, tmp_path):
+    for app in (None, "shop"):
+        dest = tmp_path / (app or "plain")
+        peer = fleet.minion("web1", app=app, destination_path=str(dest))
+        tag = "T2" if app else "T1"
+        (dest / tag).mkdir(parents=True)
+        inventory.record(peer, tag, {"target": str(dest / tag), "sha256": "0" * 64})
+        os.symlink(tag, dest / "current")
+    opts = {"cachedir": os.path.join(fleet.root, "web1", "cache")}
+    assert tag_grains.grains(opts) == {
+        "lssd_tags": ["T1"], "lssd_current": "T1", "lssd_links": {str(tmp_path / "plain" / "current"): "T1"},
+        "lssd_apps": {"shop": {"tags": ["T2"], "current": "T2", "links": {str(tmp_path / "shop" / "current"): "T2"}}},
+    }
+
+# -- rollback ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def releases_here(fleet, tmp_path):
+    """A peer holding A, B and C (installed in that order) in its destination, current -> C."""
+    dest = tmp_path / "app"
+    peer = fleet.minion("web1", destination_path=str(dest), current=True)
+    for i, tag in enumerate(("A", "B", "C")):
+        (dest / tag).mkdir(parents=True)
+        inventory.record(peer, tag, {"target": str(dest / tag), "sha256": "0" * 64})
+        # record() stamps the time now; the same second would leave the order to the names.
+        path = peer.layout.installed_record(tag)
+        write_json_atomic(path, dict(read_json(path), installed=1000 + i))
+    os.symlink("C", dest / "current")
+    return peer, dest
+
+
+def test_rollback_plan_goes_to_the_previous_tag_or_rollback_to(releases_here):
+    peer, dest = releases_here
+    plan = plans.plan(peer, "rolled_back", "lssd-current", test=True)
+    assert plan["changes"] == {"current": {"old": "C", "new": "B"}}
+    (step,) = plan["steps"]
+    assert step["call"] == "switch_current" and step["kwargs"] == {
+        "tag": "B", "destination_path": str(dest), "link": "current"}
+    assert plans.plan(peer, "rolled_back", "x", rollback_to="A")["changes"]["current"]["new"] == "A"
+    # Already there: nothing to do.
+    assert plans.plan(peer, "rolled_back", "x", rollback_to="C")["steps"] == []
+    os.unlink(dest / "current")
+    os.symlink("A", dest / "current")
+    with pytest.raises(LssdError, match=r"on minion web1: no tag older than A is kept in .* \(installed there: A, B, C\)"):
+        plans.plan(peer, "rolled_back", "x")
+
+
+def test_rollback_plan_never_downloads_and_needs_current(releases_here, fleet):
+    peer, dest = releases_here
+    with pytest.raises(LssdError, match=r"T-never is not installed in .* \(installed there: .*\); a rollback never downloads"):
+        plans.plan(peer, "rolled_back", "x", rollback_to="T-never")
+    plain = fleet.minion("web2", destination_path=str(dest))
+    with pytest.raises(LssdError, match=r"on minion web2: lssd:current is not set"):
+        plans.plan(plain, "rolled_back", "x")
+    empty = fleet.minion("web3", destination_path=str(dest), current=True)
+    with pytest.raises(LssdError, match=r"installed there: none"):
+        plans.plan(empty, "rolled_back", "x")

@@ -2,7 +2,7 @@
 tracker's view of each swarm.
 
 Per minion: the tag ``current`` points to, each such symlink, and the installed tags (grains
-``lssd_current``, ``lssd_links`` and ``lssd_tags``, reloaded first so a rollback or a removal made a moment ago shows), and the lssd
+``lssd_current``, ``lssd_links`` and ``lssd_tags``; ``lssd_apps`` per lssd:app namespace, reloaded first so a rollback or a removal made a moment ago shows), and the lssd
 processes running there (``lssd.status``). Per swarm, from ``lssd.tracker_status`` on the
 master's ``lssd:targets:tracker``: seeders, leechers and completed downloads.
 """
@@ -22,7 +22,7 @@ def status(opts, tgt="*", timeout=60):
         # grains.item job after it reads the grain modules' present answer.
         bus.run(minions, "saltutil.refresh_modules", kwarg={"async": False}, timeout=timeout)
         returns = bus.run(minions, ["grains.item", "lssd.status"],
-                          arg=[["lssd_current", "lssd_tags", "lssd_links"], []], timeout=timeout)
+                          arg=[["lssd_current", "lssd_tags", "lssd_links", "lssd_apps"], []], timeout=timeout)
         found = {minion: _minion(returns[minion]) for minion in minions}
         return {"minions": found, "swarms": _swarms(bus, opts, timeout)}
     finally:
@@ -37,6 +37,8 @@ def _minion(ret):
     status = value.get("lssd.status")
     entry = {"current": grains.get("lssd_current"), "tags": grains.get("lssd_tags") or [],
              "links": grains.get("lssd_links") or {}}
+    if grains.get("lssd_apps"):  # each app namespace's tags and current (lssd:app)
+        entry["apps"] = grains["lssd_apps"]
     if isinstance(status, dict):
         entry["running"] = [_process(p) for p in status.get("processes", []) if p.get("running")]
     else:
@@ -46,6 +48,8 @@ def _minion(ret):
 
 def _process(process):
     name = process.get("role", "?") + (f" {process['tag']}" if process.get("tag") else "")
+    if process.get("app"):
+        name += f" (app {process['app']})"
     if process.get("role") == "peer" and process.get("status") == "downloading":
         return f"{name} downloading {process.get('progress', 0):.0f}%"
     return f"{name} {process.get('status') or 'running'}"
@@ -64,7 +68,13 @@ def _swarms(bus, opts, timeout):
             continue
         torrents = value.get("torrents") or {}
         swarms[minion] = {
-            (t.get("tag") or infohash): {k: t.get(k) for k in ("seeders", "leechers", "completed")}
+            _swarm_name(t, infohash): {k: t.get(k) for k in ("seeders", "leechers", "completed")}
             for infohash, t in (torrents.items() if isinstance(torrents, dict) else [])
         }
     return swarms
+
+
+def _swarm_name(torrent, infohash):
+    """``<tag>``, or ``<app>/<tag>`` for a tag of an lssd:app namespace (two apps may share a tag)."""
+    tag = torrent.get("tag") or infohash
+    return f"{torrent['app']}/{tag}" if torrent.get("app") else tag

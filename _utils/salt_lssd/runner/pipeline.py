@@ -11,7 +11,8 @@ Every step is an ``lssd`` state given as data (``state.high``) or an ``lssd.*`` 
 never an SLS file, so a ``pip`` install with no file_roots runs it as well as the classic one.
 (``state.single`` would be the obvious call, but it hands ``pillar=`` on to the state function,
 which refuses it.) Roles get only the run-wide
-pillar (tag, tracker address, run id); the rest each minion reads from its own pillar.
+pillar (tag, app, tracker address, run id); the rest each minion reads from its own pillar.
+The ``lssd.*`` functions get no pillar, so they are handed the app as ``app=``.
 """
 
 import time
@@ -42,6 +43,8 @@ class Deploy:
         self.display = display
         self.settings = settings
         self.tag = settings["tag"]
+        self.app = settings.get("app")
+        self.app_kwarg = {"app": self.app} if self.app else {}
         self.pillar = {"pillar": settings["run_pillar"]}
         self.job_timeout = settings["job_timeout"]
         self.view = SwarmView(self.tag)
@@ -69,7 +72,7 @@ class Deploy:
             if (self._step("tracker", targets["tracker"], "state.high", [high("tracker_running", "lssd-tracker")])
                     and self._step("seeder", targets["seeder"], "state.high", [high("seeding", self.tag)])
                     and self._step("allow", targets["tracker"], "lssd.tracker_allow", [self.tag],
-                                   kwarg={"seeder": targets["seeder"]})):
+                                   kwarg=dict(self.app_kwarg, seeder=targets["seeder"]))):
                 self._peers(targets)
         finally:
             self._stop(targets)
@@ -90,7 +93,8 @@ class Deploy:
         return not failed
 
     def _stop(self, targets):
-        jobs = [self.bus.publish(targets["seeder"], "lssd.seed_stop", [self.tag], timeout=self.job_timeout),
+        jobs = [self.bus.publish(targets["seeder"], "lssd.seed_stop", [self.tag], self.app_kwarg or None,
+                                 timeout=self.job_timeout),
                 self.bus.publish(targets["tracker"], "lssd.tracker_stop", timeout=self.job_timeout)]
         self.bus.wait(jobs)
         failed = {m: reason for job in jobs for m, (ok, reason) in
@@ -171,7 +175,7 @@ class Deploy:
     def _seeder_status(self, minion, data):
         processes = (data.get("return") or {}).get("processes") if isinstance(data.get("return"), dict) else None
         for process in processes or []:
-            if process.get("role") == "seeder" and process.get("tag") == self.tag:
+            if process.get("role") == "seeder" and process.get("tag") == self.tag and process.get("app") == self.app:
                 self.view.seeder_upload = process.get("upload_rate") or 0
 
     def _finish(self):

@@ -12,7 +12,8 @@ from salt_lssd import LssdError
 from salt_lssd.settings import REQUIRED, check, default
 
 # The run-wide keys, in the order a missing one is reported.
-KEYS = ("tag", "targets:tracker", "targets:seeder", "targets:peer", "batch", "canary", "timeout", "job_timeout")
+KEYS = ("tag", "targets:tracker", "targets:seeder", "targets:peer", "batch", "canary", "timeout", "job_timeout",
+        "app")
 
 
 def master_pillar(opts, pillar_override=None):
@@ -71,6 +72,8 @@ def _run_pillar(lssd, found):
     # trust only the seeder's entry.
     targets = {role: found[f"targets:{role}"] for role in ("tracker", "seeder", "peer")}
     run = {"tag": found["tag"], "run_id": str(uuid.uuid4()), "targets": targets}
+    if found.get("app"):  # every role works in the run's app namespace
+        run["app"] = found["app"]
     tracker = {k: v for k, v in (lssd.get("tracker") or {}).items() if k in ("host", "port") and v not in (None, "")}
     if tracker:
         run["tracker"] = tracker

@@ -225,6 +225,8 @@ class Tracker:
                 "completed": completed,
                 "peers": seeders + leechers,
             }
+            if records.get(infohash, {}).get("app"):  # a tag of an lssd:app namespace
+                torrents[infohash]["app"] = records[infohash]["app"]
         answer = {"torrents": torrents, "started": self.started,
                   "interval": self.current_interval(), "peers": self.store.total_peers}
         if self.connection_stats is not None:

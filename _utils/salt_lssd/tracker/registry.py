@@ -12,7 +12,7 @@ import re
 import secrets
 
 from salt_lssd import LssdError
-from salt_lssd.common import Layout, read_json, validate_tag, write_json_atomic
+from salt_lssd.common import Layout, read_json, validate_app, validate_tag, write_json_atomic
 
 _HEX40 = re.compile(r"[0-9a-fA-F]{40}")
 # 64 bits at least, so guessing one is hopeless against a tracker answering thousands of
@@ -49,22 +49,26 @@ def new_passkey():
     return secrets.token_hex(PASSKEY_BYTES)
 
 
-def allow(state_dir, infohash_hex, tag, passkey=None):
+def allow(state_dir, infohash_hex, tag, passkey=None, app=None):
     """Register a torrent with the tracker serving ``state_dir``; a running tracker serves it
     from its next announce on. With ``passkey`` (hex), only requests carrying
-    ``passkey=<hex>`` are answered for it. Returns ``{"infohash", "tag", "protected", "path",
-    "changed"}``; ``changed`` is False when the same registration was already there."""
+    ``passkey=<hex>`` are answered for it. ``app``: the lssd:app namespace the tag belongs to
+    (shown in the tracker's status, so one tag of two apps is told apart). Returns
+    ``{"infohash", "tag", "app", "protected", "path", "changed"}``; ``changed`` is False when
+    the same registration was already there."""
     infohash = validate_infohash(infohash_hex)
     validate_tag(tag)
     passkey = validate_passkey(passkey)
     path = os.path.join(Layout(state_dir).allowed, infohash)
     record = {"tag": tag, "infohash": infohash}
+    if app is not None:
+        record["app"] = validate_app(app)
     if passkey is not None:
         record["passkey"] = passkey
     changed = read_json(path) != record
     if changed:
         write_json_atomic(path, record)  # mode 0600: the record holds the passkey
-    return {"infohash": infohash, "tag": tag, "protected": passkey is not None, "path": path,
+    return {"infohash": infohash, "tag": tag, "app": app, "protected": passkey is not None, "path": path,
             "changed": changed}
 
 
@@ -75,12 +79,12 @@ def lookup(state_dir, infohash_hex):
     if not isinstance(record, dict):
         return None
     passkey = record.get("passkey")
-    return {"tag": record.get("tag"), "infohash": infohash_hex,
+    return {"tag": record.get("tag"), "app": record.get("app"), "infohash": infohash_hex,
             "passkey": passkey if isinstance(passkey, str) else None}
 
 
 def registered(state_dir):
-    """``{infohash hex: {"tag", "infohash", "protected"}}`` for every torrent registered under
+    """``{infohash hex: {"tag", "infohash", "protected"[, "app"]}}`` for every torrent registered under
     ``state_dir``; passkeys stay in the files."""
     directory = Layout(state_dir).allowed
     try:
@@ -90,7 +94,9 @@ def registered(state_dir):
     found = {}
     for name in names:
         if _HEX40.fullmatch(name) and name == name.lower():  # skips write_json_atomic's temps
-            record = lookup(state_dir, name) or {"tag": None, "passkey": None}
+            record = lookup(state_dir, name) or {"tag": None, "app": None, "passkey": None}
             found[name] = {"tag": record["tag"], "infohash": name,
                            "protected": record["passkey"] is not None}
+            if record["app"]:  # a tag of an lssd:app namespace
+                found[name]["app"] = record["app"]
     return found

@@ -110,6 +110,9 @@ lssd-tracker-allow:
         seeder: {{ targets.seeder|json }}
         run_id: {{ run_pillar.lssd.run_id|json }}
         wait: {{ job_timeout }}
+{%- if run_pillar.lssd.app is defined %}
+        app: {{ run_pillar.lssd.app|json }}
+{%- endif %}
     - expect_minions: true
     - timeout: {{ job_timeout * 2 }}
     - parallel: true
@@ -189,6 +192,10 @@ lssd-abort:
     - tgt_type: compound
 {%-   if args %}
     - arg: {{ args|json }}
+{%-   endif %}
+{%-   if function == "lssd.seed_stop" and run_pillar.lssd.app is defined %}
+    - kwarg:
+        app: {{ run_pillar.lssd.app|json }}
 {%-   endif %}
     - timeout: {{ job_timeout }}
     - parallel: true
