@@ -7,6 +7,7 @@ themselves (packing, torrents, plans, records) run for real.
 
 import base64
 import os
+import time
 
 import pytest
 from lssd_testutil import make_build_tree
@@ -56,7 +57,7 @@ class Fleet:
         """What seed_start publishes, without starting a seeder process."""
         meta = seeder.local_torrent(seeder_minion, tag)
         with open(seeder_minion.layout.torrent(tag), "rb") as fh:
-            entry = mine.torrent_entry(seeder_minion, tag, fh.read(), meta, nonce)
+            entry = mine.torrent_entry(seeder_minion, tag, fh.read(), meta, nonce, seeder_minion.setting("run_id"))
         self.mine.setdefault(mine.torrent_alias(tag, seeder_minion.app), {})[seeder_minion.id] = entry
         return entry
 
@@ -276,6 +277,44 @@ def test_grains_keep_the_default_namespace_and_add_each_app(fleet, tmp_path):
         "lssd_tags": ["T1"], "lssd_current": "T1", "lssd_links": {str(tmp_path / "plain" / "current"): "T1"},
         "lssd_apps": {"shop": {"tags": ["T2"], "current": "T2", "links": {str(tmp_path / "shop" / "current"): "T2"}}},
     }
+
+# -- a run's torrent ------------------------------------------------------------------------
+
+
+def test_a_peer_of_a_run_takes_only_that_runs_entry_and_waits_for_it(fleet, tmp_path):
+    # The orchestrate starts the peers while the seeder packs: an entry of an earlier run of
+    # the same tag must not count, and the run's entry, once published, must be taken.
+    build = make_build_tree(tmp_path / "build", data_mb=1)
+    seeding = fleet.minion("build01", seeder_files_path=build, tracker={"host": "127.0.0.1", "port": 6969},
+                           run_id="run-1")
+    made = seeder.create_torrent(seeding, "T1")
+    fleet.publish(seeding, "T1")
+    peer = fleet.minion("web1", destination_path=str(tmp_path / "dest"), run_id="run-2", job_timeout=1)
+    with pytest.raises(NotPublished, match="for run run-2.*waited 1s"):
+        deploy.lookup(peer, "T1", wait=True)
+    assert deploy.lookup(peer, "T1", missing_ok=True)["published"] is False
+    fleet.publish(fleet.minion("build01", seeder_files_path=build, run_id="run-2"), "T1")
+    found = deploy.lookup(peer, "T1", wait=True)
+    assert (found["run_id"], found["sha256"]) == ("run-2", made["sha256"])
+
+
+def test_an_aborted_run_ends_the_wait_naming_the_reason(fleet, tmp_path):
+    peer = fleet.minion("web1", destination_path=str(tmp_path / "dest"), run_id="run-3", job_timeout=600)
+    mine.abort(peer, "run-3", "the seeder failed")
+    started = time.monotonic()
+    with pytest.raises(LssdError, match="run run-3 was aborted before the torrent of T1 .*the seeder failed"):
+        deploy.lookup(peer, "T1", wait=True)
+    assert time.monotonic() - started < 600
+    # Another run on the same minion is not affected.
+    other = fleet.minion("web1", destination_path=str(tmp_path / "dest"), run_id="run-4", job_timeout=1)
+    with pytest.raises(NotPublished, match="run-4"):
+        deploy.lookup(other, "T1", wait=True)
+
+
+def test_a_run_id_is_a_safe_name(fleet):
+    with pytest.raises(LssdError, match="lssd:run_id '../x' is not a run id"):
+        fleet.minion("web1", run_id="../x").setting("run_id")
+
 
 # -- rollback ------------------------------------------------------------------------------
 
