@@ -19,6 +19,7 @@ same interval.
   peers' state.json ``finished``.
 """
 
+import datetime
 import json
 import os
 import shutil
@@ -513,16 +514,20 @@ def lssd(ctx):
     out_path = os.path.join(ctx.workdir, "lssd-orchestrate.json")
     with open(out_path, "w") as fh:
         fh.write(result.stdout + "\n--- stderr ---\n" + result.stderr)
-    done = {}
+    done, downloads = {}, []
     for mid, index in salt.minions.items():
         if not index:
             continue
         state_file = os.path.join(salt.minion_root(mid), "cache", "lssd")
-        finished = _find_finished(state_file, tag)
+        state = _find_state(state_file, tag)
+        finished = state.get("finished")
+        if state.get("started"):
+            downloads.append((state["started"], finished))
         target = os.path.join(dest_root, mid, tag, "payload")
         ok = os.path.exists(target) and os.path.getsize(target) == ctx.size
         done[index] = (finished or t_end) if ok else None
-    extra = {"orchestrate_rc": result.returncode, "orchestrate_log": out_path}
+    extra = {"orchestrate_rc": result.returncode, "orchestrate_log": out_path,
+             "timeline": _timeline(result.stdout, t0, t_end, downloads)}
     if result.returncode != 0:
         extra["error"] = (result.stderr or result.stdout)[-1000:]
     if not ctx.args.keep:
@@ -534,13 +539,39 @@ def lssd(ctx):
     return Outcome(t0, done, extra, t_end=t_end)
 
 
-def _find_finished(state_root, tag):
+def _find_state(state_root, tag):
+    """The last report of the peer process of ``tag`` below ``state_root`` ({} if none)."""
     for dirpath, _, files in os.walk(state_root):
-        if "state.json" in files and tag in dirpath:
-            state = read_state(dirpath)
-            if state.get("finished"):
-                return state["finished"]
-    return None
+        if "state.json" in files and tag in dirpath and os.path.basename(dirpath).startswith("peer-"):
+            return read_state(dirpath)
+    return {}
+
+
+def _timeline(stdout, t0, t_end, downloads):
+    """Where an orchestrate's time went, in seconds from T0: each step's start and end (from
+    the orchestrate's own start_time and duration), the peers' download processes' first and
+    last start and finish, and the end. The control plane's share is what lies outside the
+    downloads."""
+    out = {"end": round(t_end - t0, 2)}
+    try:
+        # salt-run --out=json: {"data": {"<master id>": {state key: result}}, ...}
+        (steps,) = json.loads(stdout)["data"].values()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return out
+    day = datetime.date.fromtimestamp(t0)
+    for key, step in (steps or {}).items():
+        if not isinstance(step, dict) or "start_time" not in step:
+            continue
+        start = datetime.datetime.combine(day, datetime.time.fromisoformat(step["start_time"])).timestamp()
+        name = step.get("__id__") or key.split("_|-")[1]
+        out[name] = [round(start - t0, 2), round(start + (step.get("duration") or 0) / 1000 - t0, 2)]
+    if downloads:
+        starts = sorted(s for s, _ in downloads)
+        ends = sorted(f for _, f in downloads if f)
+        out["downloads_start"] = [round(starts[0] - t0, 2), round(starts[-1] - t0, 2)]
+        if ends:
+            out["downloads_end"] = [round(ends[0] - t0, 2), round(ends[-1] - t0, 2)]
+    return out
 
 
 SCENARIOS = {"swarm": swarm, "http": http, "saltfs": saltfs, "lssd": lssd}

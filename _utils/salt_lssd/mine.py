@@ -9,6 +9,7 @@ build per tag, and the torrent must match the info-hash and SHA-256 published be
 """
 
 import base64
+import random
 import time
 
 from salt_lssd import LssdError, NotPublished
@@ -116,6 +117,7 @@ def wait_for(minion, run_id, timeout, what, attempt):
     early, naming the reason, when the orchestrate marks run ``run_id`` aborted here (its
     seeder or tracker failed, so ``what`` will never come)."""
     deadline = time.monotonic() + timeout
+    pause = 0.25
     while True:
         try:
             return attempt()
@@ -125,8 +127,15 @@ def wait_for(minion, run_id, timeout, what, attempt):
                 raise LssdError(f"run {run_id} was aborted before {what} was published: {reason}") from None
             if time.monotonic() >= deadline:
                 raise NotPublished(f"{exc} (waited {timeout:g}s for run {run_id})") from None
-        # Every waiting minion asks the master; twice a second keeps that cheap for a fleet.
-        time.sleep(0.5)
+        # Every waiting minion asks the master: soon at first (a small build is published
+        # within seconds), then at most every 2 s (jittered, so a fleet does not ask in step)
+        # while a large build is packed.
+        time.sleep(min(remaining(deadline), pause * random.uniform(0.8, 1.2)))
+        pause = min(pause * 1.5, 2.0)
+
+
+def remaining(deadline):
+    return max(0.0, deadline - time.monotonic())
 
 
 def abort(minion, run_id, reason):

@@ -1,11 +1,15 @@
 """``salt-run lssd.deploy``: the pipeline of ``lssd.orch.deploy``, driven as Salt jobs.
 
 1. the tracker starts on ``targets:tracker`` (``lssd.tracker_running``);
-2. the seeder packs, seeds and publishes the tag (``lssd.seeding``);
-3. the tracker registers the torrent (``lssd.tracker_allow``);
+2. the seeder packs, seeds and publishes the tag for this run (``lssd.seeding``);
+3. the tracker registers the torrent (``lssd.tracker_allow``, waiting for it);
 4. the canary peers, if any, deploy first (``lssd.deployed``); the rest only if they all
    succeeded, ``batch`` at a time;
 5. seeding and the tracker stop, whatever happened before.
+
+Steps 1 to 4 start together: the peers spend their job's start-up while the seeder packs,
+then wait for the torrent of this run; a failed tracker or seeder aborts their wait
+(``lssd.abort_run``).
 
 Every step is an ``lssd`` state given as data (``state.high``) or an ``lssd.*`` function,
 never an SLS file, so a ``pip`` install with no file_roots runs it as well as the classic one.
@@ -51,6 +55,8 @@ class Deploy:
         self.rows = {}
         self.out = {"tag": self.tag, "result": True, "phases": {}, "minions": self.rows, "jids": {}}
         self._seeder_poll = None
+        self._aborted = False
+        self.seeders = []
 
     def _targets(self):
         found = {}
@@ -66,21 +72,43 @@ class Deploy:
 
     def execute(self):
         targets = self._targets()
+        self.seeders = targets["seeder"]
         self.display.phase("deploy", f"tag {self.tag}: tracker {', '.join(targets['tracker'])}, "
                                      f"seeder {', '.join(targets['seeder'])}, {len(targets['peer'])} peers")
         try:
-            if (self._step("tracker", targets["tracker"], "state.high", [high("tracker_running", "lssd-tracker")])
-                    and self._step("seeder", targets["seeder"], "state.high", [high("seeding", self.tag)])
-                    and self._step("allow", targets["tracker"], "lssd.tracker_allow", [self.tag],
-                                   kwarg=dict(self.app_kwarg, seeder=targets["seeder"]))):
-                self._peers(targets)
+            # As lssd.orch.deploy: the peers' jobs start beside the tracker's and the seeder's
+            # and wait for the torrent the seeder publishes for this run (lssd:run_id).
+            run_id = self.settings["run_pillar"]["lssd"]["run_id"]
+            control = [
+                self._control("tracker", targets, targets["tracker"], "state.high",
+                              [high("tracker_running", "lssd-tracker")], dict(self.pillar, concurrent=True)),
+                self._control("seeder", targets, targets["seeder"], "state.high",
+                              [high("seeding", self.tag)], dict(self.pillar, concurrent=True)),
+                self._control("allow", targets, targets["tracker"], "lssd.tracker_allow", [self.tag],
+                              dict(self.app_kwarg, seeder=targets["seeder"], run_id=run_id, wait=self.job_timeout),
+                              timeout=2 * self.job_timeout),
+            ]
+            self._peers(targets)
+            self.bus.wait(control)
         finally:
             self._stop(targets)
         return self._finish()
 
-    def _step(self, name, minions, fun, arg, kwarg=None):
-        """One control step on ``minions``: wait for all, record it, say how it went."""
-        returns = self.bus.run(minions, fun, arg, kwarg if kwarg is not None else self.pillar, self.job_timeout)
+    def _control(self, name, targets, minions, fun, arg, kwarg, timeout=None):
+        """Start one control step on ``minions``; it is recorded once every minion returned,
+        and a failed tracker or seeder aborts the run on the peers waiting for its torrent."""
+        def returned(minion, data):
+            if job.waiting:
+                return
+            if not self._record(name, minions, job.returns) and name in ("tracker", "seeder"):
+                self._abort(targets, name)
+
+        job = self.bus.publish(minions, fun, arg, kwarg, timeout or self.job_timeout, on_return=returned)
+        self.out["jids"][name] = job.jid
+        return job
+
+    def _record(self, name, minions, returns):
+        """Record a control step's returns and say how it went; True if it succeeded everywhere."""
         outcome = {m: succeeded(returns[m]) for m in minions}
         failed = {m: reason for m, (ok, reason) in outcome.items() if not ok}
         self.out["phases"][name] = {"result": not failed, "minions": sorted(minions), "failed": failed}
@@ -91,6 +119,16 @@ class Deploy:
         else:
             self.display.phase(name, f"ok on {', '.join(minions)}: {_comment(returns[minions[0]])}")
         return not failed
+
+    def _abort(self, targets, name):
+        """Tell the run's peers and tracker that no torrent will come (``lssd.abort_run``)."""
+        if self._aborted:
+            return
+        self._aborted = True
+        reason = f"the {name} of this run failed on {', '.join(self.out['phases'][name]['failed'])}"
+        minions = sorted(set(targets["peer"]) | set(targets["tracker"]))
+        self.bus.publish(minions, "lssd.abort_run", [self.settings["run_pillar"]["lssd"]["run_id"]], {"reason": reason},
+                         timeout=self.job_timeout)
 
     def _stop(self, targets):
         jobs = [self.bus.publish(targets["seeder"], "lssd.seed_stop", [self.tag], self.app_kwarg or None,
@@ -140,7 +178,11 @@ class Deploy:
         """Deploy ``minions``, ``batch`` of them at a time (a sliding window, as Salt's batch)."""
         size = batch_size(self.settings.get("batch"), len(minions))
         queue, jobs = list(minions), []
-        timeout = self.settings["timeout"] + self.job_timeout
+        # A peer's job: its wait for the seeder's torrent, its download, then the rest.
+        timeout = self.settings["timeout"] + 2 * self.job_timeout
+        # A number, not True: Salt 3008 defers a queue=True run and returns at once; a number
+        # keeps a peer that is also the tracker or seeder waiting behind their state runs.
+        kwarg = dict(self.pillar, queue=100)
 
         def running():
             return sum(len(job.waiting) for job in jobs)
@@ -149,7 +191,7 @@ class Deploy:
             if queue and running() < size:
                 take = size - running()
                 jobs.append(self.bus.publish(queue[:take], "state.high", [high("deployed", self.tag)],
-                                             self.pillar, timeout, on_return=self._peer_returned))
+                                             kwarg, timeout, on_return=self._peer_returned))
                 self.out["jids"].setdefault("peers", []).append(jobs[-1].jid)
                 del queue[:take]
             self.bus.wait([j for j in jobs if j.waiting], until=lambda: queue and running() < size)
@@ -169,8 +211,8 @@ class Deploy:
         job = self._seeder_poll
         # One question at a time: a seeder slow to answer is not asked again meanwhile.
         if job is None or (not job.waiting and time.monotonic() - job.started >= SEEDER_POLL):
-            seeders = self.out["phases"]["seeder"]["minions"]
-            self._seeder_poll = self.bus.publish(seeders, "lssd.status", timeout=30, on_return=self._seeder_status)
+            self._seeder_poll = self.bus.publish(self.seeders, "lssd.status", timeout=30,
+                                                 on_return=self._seeder_status)
 
     def _seeder_status(self, minion, data):
         processes = (data.get("return") or {}).get("processes") if isinstance(data.get("return"), dict) else None

@@ -129,7 +129,9 @@ lssd-canary:
     - sls: lssd.peer
     - pillar: {{ run_pillar|json }}
     # A peer that is also the tracker or seeder waits for their state runs instead of failing.
-    - queue: true
+    # A number, not true: Salt 3008 defers a queue: true run and returns at once, while a
+    # number (the most state runs to wait behind) keeps the job waiting, as the step expects.
+    - queue: 100
     - expect_minions: true
     - timeout: {{ peer_timeout }}
 {%-   if batch is not none %}
@@ -148,7 +150,7 @@ lssd-peers:
     - tgt_type: compound
     - sls: lssd.peer
     - pillar: {{ run_pillar|json }}
-    - queue: true
+    - queue: 100
     - expect_minions: true
     - timeout: {{ peer_timeout }}
 {%-   if batch is not none %}
