@@ -37,17 +37,18 @@ def test_every_step_has_a_timeout_and_roles_get_run_wide_values_only(lssd_env, c
     steps = {k: v for k, v in plan.items() if v["function"] in ("salt.state", "salt.function")}
     assert set(steps) == {"lssd-tracker", "lssd-seeder", "lssd-tracker-allow", "lssd-peers", "lssd-abort",
                           "lssd-stop-seeding", "lssd-stop-tracker"}
-    # The peers' job is their wait for the seeder's torrent (a job's worth), their download
-    # (lssd:timeout) and a job's worth of the rest; the tracker's registration waits a job's
-    # worth for the torrent, then takes a job's worth.
-    expected = {"lssd-peers": 100 + 2 * 321, "lssd-tracker-allow": 2 * 321}
+    # The peers' job is their download (lssd:timeout) and a job's worth of the rest; the
+    # tracker's registration waits a job's worth for the torrent, then takes a job's worth.
+    expected = {"lssd-peers": 100 + 321, "lssd-tracker-allow": 2 * 321}
     for step_id, step in steps.items():
         assert step["timeout"] == expected.get(step_id, 321), (step_id, step)
     assert plan["lssd-peers"]["batch"] == "50%"
-    # Tracker, seeder, the tracker's registration and the peers start together; the stop
-    # steps wait for all of them, whatever their results, and stop only this run's tag.
+    # Tracker, seeder and the tracker's registration start together, the peers once the
+    # torrent is registered; the stop steps wait for all of them, whatever their results,
+    # and stop only this run's tag.
     assert {k for k, step in steps.items() if step.get("parallel")} == {
         "lssd-tracker", "lssd-seeder", "lssd-tracker-allow", "lssd-peers", "lssd-stop-seeding", "lssd-stop-tracker"}
+    assert {"salt": "lssd-tracker-allow"} in plan["lssd-peers"]["require"]
     assert plan["lssd-stop-seeding"]["arg"] == [case.tag]
     for stop in ("lssd-stop-seeding", "lssd-stop-tracker"):
         waits_for = {next(iter(r.values())) for r in plan[stop]["require_any"]}
@@ -199,10 +200,10 @@ def test_rollback_switches_current_with_no_download(lssd_env, case):
         assert case.current_of(peer) == first
 
 
-def test_a_failing_seeder_aborts_the_peers_waiting_for_its_torrent(lssd_env, case):
-    # The peers start beside the seeder and wait for this run's torrent. The seeder fails
-    # (its build directory is missing): the peers must fail at once, naming the run's abort,
-    # not wait out lssd:job_timeout; and nothing may be left running.
+def test_a_failing_seeder_aborts_the_registration_and_no_peer_starts(lssd_env, case):
+    # The tracker's registration starts beside the seeder and waits for this run's torrent.
+    # The seeder fails (its build directory is missing): the wait must end at once, naming
+    # the run's abort, not after lssd:job_timeout; no peer starts; nothing is left running.
     case.pillar(seeder_files_path=str(case.dir / "no-such-build"), job_timeout=300)
     started = time.monotonic()
     ret = lssd_env.orchestrate()
@@ -212,13 +213,13 @@ def test_a_failing_seeder_aborts_the_peers_waiting_for_its_torrent(lssd_env, cas
     assert states["lssd-seeder"]["result"] is False, states["lssd-seeder"]
     assert "no-such-build" in str(states["lssd-seeder"]["changes"]), states["lssd-seeder"]
     assert states["lssd-abort"]["result"] is True, states["lssd-abort"]
-    peers = minion_states(states["lssd-peers"])
-    assert sorted(peers) == list(PEERS)
-    for peer, results in peers.items():
-        (deployed,) = results.values()
-        assert deployed["result"] is False and "aborted" in deployed["comment"], (peer, deployed)
-    # Well short of the 300 s the peers would otherwise wait for a torrent (not a speed claim:
-    # only that the abort, not the timeout, ended the wait).
+    allow = states["lssd-tracker-allow"]
+    assert allow["result"] is False and "aborted" in str(allow), allow
+    peers = states["lssd-peers"]
+    assert peers["result"] is False and "requisite" in peers["comment"].lower(), peers
+    assert not minion_states(peers)
+    # Well short of the 300 s the registration would otherwise wait for a torrent (not a
+    # speed claim: only that the abort, not the timeout, ended the wait).
     assert elapsed < 300, elapsed
     assert states["lssd-stop-tracker"]["result"] is True
     assert_no_job_ran_on_peers(lssd_env, case)

@@ -71,18 +71,19 @@ def test_a_failing_peer_makes_deploy_exit_non_zero_naming_it_and_the_reason(lssd
     assert event.data["data"]["reason"] in reason
 
 
-def test_a_failing_seeder_aborts_the_waiting_peers_and_names_the_cause(lssd_env, case):
-    # The peers' jobs start beside the seeder's; its build directory is missing, so no torrent
-    # comes: the peers must fail at once naming the aborted run, not wait out job_timeout.
+def test_deploy_with_a_failing_seeder_aborts_the_registration_and_starts_no_peer(lssd_env, case):
+    # The tracker's registration starts beside the seeder and waits for this run's torrent;
+    # the seeder's build directory is missing, so none comes: the wait must end at once
+    # naming the aborted run, not after job_timeout, and no peer may start.
     case.pillar(seeder_files_path=str(case.dir / "no-such-build"), job_timeout=300)
     started = time.monotonic()
     ret = deploy(lssd_env)
     assert ret.returncode != 0, ret.stdout
     assert ret.data["phases"]["seeder"]["result"] is False
     assert "no-such-build" in ret.data["phases"]["seeder"]["failed"]["seeder"]
+    assert "aborted" in ret.data["phases"]["allow"]["failed"]["tracker"]
+    assert ret.data["minions"] == {}
     for peer in PEERS:
-        row = ret.data["minions"][peer]
-        assert row["result"] == "failed" and "aborted" in row["reason"], row
         assert case.tags_in(peer) == []
     # Not a speed claim: the abort, not the 300 s wait, ended the run.
     assert time.monotonic() - started < 300

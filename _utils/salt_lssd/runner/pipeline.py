@@ -7,9 +7,8 @@
    succeeded, ``batch`` at a time;
 5. seeding and the tracker stop, whatever happened before.
 
-Steps 1 to 4 start together: the peers spend their job's start-up while the seeder packs,
-then wait for the torrent of this run; a failed tracker or seeder aborts their wait
-(``lssd.abort_run``).
+Steps 1 to 3 start together, the peers once they all succeeded; a failed tracker or seeder
+ends the registration's wait for the torrent (``lssd.abort_run``).
 
 Every step is an ``lssd`` state given as data (``state.high``) or an ``lssd.*`` function,
 never an SLS file, so a ``pip`` install with no file_roots runs it as well as the classic one.
@@ -76,8 +75,8 @@ class Deploy:
         self.display.phase("deploy", f"tag {self.tag}: tracker {', '.join(targets['tracker'])}, "
                                      f"seeder {', '.join(targets['seeder'])}, {len(targets['peer'])} peers")
         try:
-            # As lssd.orch.deploy: the peers' jobs start beside the tracker's and the seeder's
-            # and wait for the torrent the seeder publishes for this run (lssd:run_id).
+            # As lssd.orch.deploy: tracker, seeder and the registration (waiting for the torrent
+            # the seeder publishes for this run, lssd:run_id) together; the peers after them.
             run_id = self.settings["run_pillar"]["lssd"]["run_id"]
             control = [
                 self._control("tracker", targets, targets["tracker"], "state.high",
@@ -88,15 +87,16 @@ class Deploy:
                               dict(self.app_kwarg, seeder=targets["seeder"], run_id=run_id, wait=self.job_timeout),
                               timeout=2 * self.job_timeout),
             ]
-            self._peers(targets)
             self.bus.wait(control)
+            if all(self.out["phases"][name]["result"] for name in ("tracker", "seeder", "allow")):
+                self._peers(targets)
         finally:
             self._stop(targets)
         return self._finish()
 
     def _control(self, name, targets, minions, fun, arg, kwarg, timeout=None):
         """Start one control step on ``minions``; it is recorded once every minion returned,
-        and a failed tracker or seeder aborts the run on the peers waiting for its torrent."""
+        and a failed tracker or seeder aborts the registration waiting for its torrent."""
         def returned(minion, data):
             if job.waiting:
                 return
@@ -121,13 +121,12 @@ class Deploy:
         return not failed
 
     def _abort(self, targets, name):
-        """Tell the run's peers and tracker that no torrent will come (``lssd.abort_run``)."""
+        """Tell the run's tracker that no torrent will come (``lssd.abort_run``)."""
         if self._aborted:
             return
         self._aborted = True
         reason = f"the {name} of this run failed on {', '.join(self.out['phases'][name]['failed'])}"
-        minions = sorted(set(targets["peer"]) | set(targets["tracker"]))
-        self.bus.publish(minions, "lssd.abort_run", [self.settings["run_pillar"]["lssd"]["run_id"]], {"reason": reason},
+        self.bus.publish(targets["tracker"], "lssd.abort_run", [self.settings["run_pillar"]["lssd"]["run_id"]], {"reason": reason},
                          timeout=self.job_timeout)
 
     def _stop(self, targets):
@@ -178,8 +177,7 @@ class Deploy:
         """Deploy ``minions``, ``batch`` of them at a time (a sliding window, as Salt's batch)."""
         size = batch_size(self.settings.get("batch"), len(minions))
         queue, jobs = list(minions), []
-        # A peer's job: its wait for the seeder's torrent, its download, then the rest.
-        timeout = self.settings["timeout"] + 2 * self.job_timeout
+        timeout = self.settings["timeout"] + self.job_timeout
         # A number, not True: Salt 3008 defers a queue=True run and returns at once; a number
         # keeps a peer that is also the tracker or seeder waiting behind their state runs.
         kwarg = dict(self.pillar, queue=100)

@@ -15,11 +15,12 @@
        complete; the seeder keeps seeding across the waves;
     6. seeding of this tag and the tracker stop, whatever happened before.
 
-    Steps 1, 2, 3 and the first peers start together (parallel): a Salt job costs a second
-    or more of dispatch, pillar and state compilation, which the peers spend while the
-    seeder packs; they and the tracker then wait for the torrent of this run (lssd:run_id)
-    to appear in the mine. If the tracker or the seeder fails, the waiting peers and tracker
-    are told so (lssd.abort_run) and fail at once, naming the run.
+    Steps 1, 2 and 3 start together (parallel): the tracker's job does not hold the seeder's
+    back, and the tracker's registration waits for the torrent the seeder publishes for this
+    run (lssd:run_id). The peers start once it is registered, not beside the seeder: on
+    hosts that share cores with the seeder (the bench's lab) their jobs' start-up slowed the
+    seeder and the tracker more than it saved (bench/README.md). If the tracker or the seeder
+    fails, the registration's wait is told so (lssd.abort_run) and ends at once.
 
     Read on the master (its pillar, whose id is the master's id, by default <hostname>_master,
     plus pillar= of this run): tag, targets, batch, canary, job_timeout, timeout and the
@@ -140,6 +141,7 @@ lssd-canary:
     - parallel: true
     - require:
       - test: lssd-run
+      - salt: lssd-tracker-allow
 {%- endif %}
 
 {%- if rest_count > 0 %}
@@ -159,17 +161,18 @@ lssd-peers:
     - parallel: true
     - require:
       - test: lssd-run
+      - salt: lssd-tracker-allow
 {%-   if canary_tgt is not none %}
       - salt: lssd-canary
 {%-   endif %}
 {%- endif %}
 
-# A failed seeder or tracker means no torrent for this run: the peers (and the tracker's
-# registration) waiting for it stop waiting and fail now, not after lssd:job_timeout.
+# A failed seeder or tracker means no torrent for this run: the tracker's registration
+# waiting for it stops waiting and fails now, not after lssd:job_timeout.
 lssd-abort:
   salt.function:
     - name: lssd.abort_run
-    - tgt: {{ ("( " ~ targets.peer ~ " ) or ( " ~ targets.tracker ~ " )")|json }}
+    - tgt: {{ targets.tracker|json }}
     - tgt_type: compound
     - arg:
       - {{ run_pillar.lssd.run_id|json }}
