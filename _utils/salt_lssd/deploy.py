@@ -22,7 +22,8 @@ _PROGRESS_KEYS = ("progress", "download_rate", "upload_rate", "peers", "seeds", 
 
 def _from_mine(minion, tag, nonce=None, wait=True):
     """The mine entry for ``tag``. In an orchestrated run (pillar lssd:run_id) only that run's
-    entry counts, and with ``wait`` it is awaited: the peers start while the seeder packs."""
+    entry counts, never an earlier run's of the same tag; with ``wait`` it is awaited (the
+    orchestrate starts the peers once it is registered, so they normally find it at once)."""
     run_id = minion.setting("run_id")
     if run_id and wait and nonce is None:
         return mine.await_torrent(minion, tag, run_id, minion.setting("job_timeout"))

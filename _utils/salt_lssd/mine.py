@@ -106,7 +106,7 @@ def lookup_torrent(minion, tag, nonce=None, seeder=None, run_id=None):
 
 def await_torrent(minion, tag, run_id, timeout, seeder=None):
     """``lookup_torrent`` for run ``run_id``, waiting up to ``timeout`` seconds for the seeder
-    to publish it: the orchestrate starts the peers and the tracker while the seeder still
+    to publish it: the orchestrate starts the tracker's registration while the seeder still
     packs."""
     return wait_for(minion, run_id, timeout, f"the torrent of {tag}",
                     lambda: lookup_torrent(minion, tag, seeder=seeder, run_id=run_id))

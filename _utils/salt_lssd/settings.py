@@ -194,7 +194,7 @@ TABLE = {
     "canary": (None, _optional(_rollout)),
     "hooks:sls": ([], _sls_list),
     # Set by the orchestrate (and salt-run lssd.deploy) for one run: the seeder's mine entry
-    # carries it and the run's peers wait for that entry, not an earlier one of the tag.
+    # carries it, and the run's tracker and peers take that entry, not an earlier one of the tag.
     "run_id": (None, _optional(_run_id)),
 }
 
