@@ -9,6 +9,7 @@ build per tag, and the torrent must match the info-hash and SHA-256 published be
 """
 
 import base64
+import os
 import random
 import time
 
@@ -130,18 +131,35 @@ def wait_for(minion, run_id, timeout, what, attempt):
         # Every waiting minion asks the master: soon at first (a small build is published
         # within seconds), then at most every 2 s (jittered, so a fleet does not ask in step)
         # while a large build is packed.
-        time.sleep(min(remaining(deadline), pause * random.uniform(0.8, 1.2)))
+        time.sleep(min(_remaining(deadline), pause * random.uniform(0.8, 1.2)))
         pause = min(pause * 1.5, 2.0)
 
 
-def remaining(deadline):
+def _remaining(deadline):
     return max(0.0, deadline - time.monotonic())
+
+
+# A marker matters only while its run's roles wait, which lssd:job_timeout bounds; a day is
+# far beyond any run, so older markers are dropped whenever a new one is written.
+ABORT_MARKER_SECONDS = 86400
 
 
 def abort(minion, run_id, reason):
     """Mark run ``run_id`` aborted on this minion, so that its waits end (``await_torrent``)."""
-    write_atomic(minion.layout.aborted(run_id), str(reason).encode("utf-8", "replace"))
+    marker = minion.layout.aborted(run_id)
+    write_atomic(marker, str(reason).encode("utf-8", "replace"))
+    _prune_markers(os.path.dirname(marker), time.time() - ABORT_MARKER_SECONDS)
     return {"run_id": run_id, "aborted": True, "comment": f"run {run_id} aborted here: {reason}"}
+
+
+def _prune_markers(directory, older_than):
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < older_than:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                pass  # another abort pruned it first
 
 
 def aborted(minion, run_id):

@@ -78,6 +78,27 @@ def test_per_minion_pillar_each_peer_installs_into_its_own_path(lssd_env, case, 
     wait_until(lambda: not lssd_env.processes(), LINGER + 60, "the lingering peers to exit")
 
 
+def test_an_app_deploys_in_its_own_namespace_end_to_end(lssd_env, case):
+    # lssd:app reaches every role of the orchestrate, including its function steps: the
+    # peers record the tag under the app, the default namespace holds nothing, and the stop
+    # step stops the app's seeding (a seeder left running would show in processes()).
+    case.pillar(app="shop")
+    expected = without(tree_manifest(lssd_env.build))
+    states = assert_ok(lssd_env.orchestrate())
+    assert sorted(minion_states(states["lssd-peers"])) == list(PEERS)
+    for peer in PEERS:
+        assert_installed(case, peer, case.tag, expected)
+        record = lssd_env.call(peer, "lssd.installed", case.tag, app="shop")
+        assert record["app"] == "shop" and record["target"] == str(case.destination(peer) / case.tag)
+        # Under the app's directory only (with lssd:app in pillar, app= defaults to it).
+        records = lssd_env.state_dir(peer)
+        assert (records / "apps" / "shop" / "installed" / f"{case.tag}.json").is_file()
+        assert not (records / "installed" / f"{case.tag}.json").exists()
+    assert lssd_env.call("seeder", "lssd.torrent_info", case.tag, app="shop")["seeding"] is False
+    assert lssd_env.running_roles() <= {"peer"}
+    wait_until(lambda: not lssd_env.processes(), LINGER + 60, "the lingering peers to exit")
+
+
 def test_same_tag_again_changes_nothing_and_hooks_run_on_change_only(lssd_env, case):
     # lssd:hooks:sls: the operator's SLS runs after a deploy that changed the peer, only then.
     case.pillar(hooks={"sls": ["lssd_test.hook"]})

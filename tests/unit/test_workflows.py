@@ -311,6 +311,19 @@ def test_an_aborted_run_ends_the_wait_naming_the_reason(fleet, tmp_path):
         deploy.lookup(other, "T1", wait=True)
 
 
+def test_abort_markers_of_long_gone_runs_are_dropped_and_current_ones_kept(fleet, tmp_path):
+    peer = fleet.minion("web1", destination_path=str(tmp_path / "dest"), run_id="run-5", job_timeout=1)
+    mine.abort(peer, "run-old", "the seeder failed")
+    old = peer.layout.aborted("run-old")
+    stale = time.time() - mine.ABORT_MARKER_SECONDS - 60
+    os.utime(old, (stale, stale))
+    mine.abort(peer, "run-recent", "the tracker failed")
+    mine.abort(peer, "run-new", "the seeder failed")
+    assert not os.path.exists(old)
+    assert mine.aborted(peer, "run-recent") == "the tracker failed"
+    assert mine.aborted(peer, "run-new") == "the seeder failed"
+
+
 def test_a_run_id_is_a_safe_name(fleet):
     with pytest.raises(LssdError, match="lssd:run_id '../x' is not a run id"):
         fleet.minion("web1", run_id="../x").setting("run_id")
