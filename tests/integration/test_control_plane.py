@@ -5,6 +5,7 @@ Every test stands alone (``-k`` runs any one of them) on its own tags and direct
 ``case`` fixture).
 """
 
+import socket
 import time
 
 import pytest
@@ -49,6 +50,7 @@ def test_every_step_has_a_timeout_and_roles_get_run_wide_values_only(lssd_env, c
     assert {k for k, step in steps.items() if step.get("parallel")} == {
         "lssd-tracker", "lssd-seeder", "lssd-tracker-allow", "lssd-peers", "lssd-stop-seeding", "lssd-stop-tracker"}
     assert {"salt": "lssd-tracker-allow"} in plan["lssd-peers"]["require"]
+    assert {"salt": "lssd-tracker"} in plan["lssd-peers"]["require"]
     assert plan["lssd-stop-seeding"]["arg"] == [case.tag]
     for stop in ("lssd-stop-seeding", "lssd-stop-tracker"):
         waits_for = {next(iter(r.values())) for r in plan[stop]["require_any"]}
@@ -222,6 +224,30 @@ def test_a_failing_seeder_aborts_the_registration_and_no_peer_starts(lssd_env, c
     # speed claim: only that the abort, not the timeout, ended the wait).
     assert elapsed < 300, elapsed
     assert states["lssd-stop-tracker"]["result"] is True
+    assert_no_job_ran_on_peers(lssd_env, case)
+    assert not lssd_env.processes()
+
+
+def test_a_failing_tracker_starts_no_peer_and_the_seeder_is_stopped(lssd_env, case):
+    # The tracker cannot listen (its port is taken). Whether the registration ended by the
+    # abort or found the torrent first, no peer may start against a tracker that is not
+    # there; the seeder, which started beside it, is stopped; nothing is left running.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        case.pillar(tracker={"host": "127.0.0.1", "port": port, "bind": "127.0.0.1"}, job_timeout=300)
+        ret = lssd_env.orchestrate()
+    states = orchestrate_states(ret)
+    assert ret.returncode != 0
+    assert states["lssd-tracker"]["result"] is False, states["lssd-tracker"]
+    assert str(port) in str(states["lssd-tracker"]["changes"]), states["lssd-tracker"]
+    assert states["lssd-abort"]["result"] is True, states["lssd-abort"]
+    peers = states["lssd-peers"]
+    assert peers["result"] is False and "requisite" in peers["comment"].lower(), peers
+    assert not minion_states(peers)
+    assert states["lssd-stop-seeding"]["result"] is True, states["lssd-stop-seeding"]
+    assert lssd_env.call("seeder", "lssd.torrent_info", case.tag)["seeding"] is False
     assert_no_job_ran_on_peers(lssd_env, case)
     assert not lssd_env.processes()
 

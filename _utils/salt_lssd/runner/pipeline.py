@@ -121,12 +121,13 @@ class Deploy:
         return not failed
 
     def _abort(self, targets, name):
-        """Tell the run's tracker that no torrent will come (``lssd.abort_run``)."""
+        """Tell the run's tracker (waiting for the torrent) and seeder (waiting for the
+        tracker's address) that it will not come (``lssd.abort_run``)."""
         if self._aborted:
             return
         self._aborted = True
         reason = f"the {name} of this run failed on {', '.join(self.out['phases'][name]['failed'])}"
-        self.bus.publish(targets["tracker"], "lssd.abort_run", [self.settings["run_pillar"]["lssd"]["run_id"]], {"reason": reason},
+        self.bus.publish(sorted(set(targets["tracker"]) | set(self.seeders)), "lssd.abort_run", [self.settings["run_pillar"]["lssd"]["run_id"]], {"reason": reason},
                          timeout=self.job_timeout)
 
     def _stop(self, targets):

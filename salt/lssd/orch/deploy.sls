@@ -20,7 +20,8 @@
     run (lssd:run_id). The peers start once it is registered, not beside the seeder: on
     hosts that share cores with the seeder (the bench's lab) their jobs' start-up slowed the
     seeder and the tracker more than it saved (bench/README.md). If the tracker or the seeder
-    fails, the registration's wait is told so (lssd.abort_run) and ends at once.
+    fails, the waits for it are told so (lssd.abort_run) and end at once; the peers start only
+    if the tracker's step succeeded too.
 
     Read on the master (its pillar, whose id is the master's id, by default <hostname>_master,
     plus pillar= of this run): tag, targets, batch, canary, job_timeout, timeout and the
@@ -141,6 +142,7 @@ lssd-canary:
     - parallel: true
     - require:
       - test: lssd-run
+      - salt: lssd-tracker
       - salt: lssd-tracker-allow
 {%- endif %}
 
@@ -161,18 +163,20 @@ lssd-peers:
     - parallel: true
     - require:
       - test: lssd-run
+      - salt: lssd-tracker
       - salt: lssd-tracker-allow
 {%-   if canary_tgt is not none %}
       - salt: lssd-canary
 {%-   endif %}
 {%- endif %}
 
-# A failed seeder or tracker means no torrent for this run: the tracker's registration
-# waiting for it stops waiting and fails now, not after lssd:job_timeout.
+# A failed seeder or tracker means no torrent (or no tracker address) for this run: the
+# tracker's registration waiting for the torrent, and a seeder waiting for the tracker's
+# address in the mine, stop waiting and fail now, not after lssd:job_timeout.
 lssd-abort:
   salt.function:
     - name: lssd.abort_run
-    - tgt: {{ targets.tracker|json }}
+    - tgt: {{ ("( " ~ targets.tracker ~ " ) or ( " ~ targets.seeder ~ " )")|json }}
     - tgt_type: compound
     - arg:
       - {{ run_pillar.lssd.run_id|json }}
