@@ -3,15 +3,17 @@
 The download runs in a detached process (``swarm``) that keeps seeding for ``linger``
 seconds after it completes; the Salt job waits for it here, sending progress events, then
 installs the archive (``install``: SHA-256 checked while extracting, in one read, and the
-target renamed into place) and records the install (``inventory``). Two jobs deploying the
-same tag on one minion are serialized: the second finds the tag installed and does nothing.
+target renamed into place) and records the install (``inventory``). A tree-mode torrent
+(the seeder's ``lssd:mode``) goes through ``tree_peer`` instead: the files are downloaded
+beside the target and moved into place. Two jobs deploying the same tag on one minion are
+serialized: the second finds the tag installed and does nothing.
 """
 
 import fcntl
 import os
 import time
 
-from salt_lssd import LssdError, NotPublished, credentials, install, inventory, mine, procs
+from salt_lssd import LssdError, NotPublished, credentials, install, inventory, mine, procs, tree_peer
 from salt_lssd import torrent as metainfo
 from salt_lssd.common import ensure_dir, validate_tag, write_atomic
 from salt_lssd.settings import number
@@ -144,27 +146,41 @@ def _peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger
             return dict(done, changed=False, comment=f"{tag} is already installed in {done['target']}")
         if done:  # another build of the tag is in place: checked only now that it is to be replaced
             install.check(destination_path, tag, **options)
-        run_dir, archive = _start_download(minion, tag, data, info, linger, timeout, lt_settings)
-        minion.fire(f"lssd/peer/{tag}/start",
-                    dict(_run(minion), tag=tag, infohash=info["infohash"], size=info["size"]))
-        state = wait_for_download(minion, tag, run_dir, archive, timeout, info["size"])
-        install_started = time.monotonic()
-        try:
-            installed = install.install(
-                archive, destination_path, tag, compression=meta.get("compression"),
-                path_is_file=bool(meta.get("path_is_file")), file_name=meta.get("file_name"),
-                sha256=meta["sha256"], unpacked_size=meta.get("unpacked_size"), **options,
-            )
-        except Exception:
-            procs.stop(run_dir)
-            _remove(archive)
-            raise
+        job = dict(data=data, info=info, meta=meta, destination_path=destination_path, timeout=timeout,
+                   linger=linger, lt_settings=lt_settings, options=options)
+        if meta.get("mode") == "tree":
+            installed, state, seconds = tree_peer.run(minion, tag, **job)
+        else:
+            installed, state, seconds = _deploy_archive(minion, tag, **job)
     summary = dict(_summary(tag, info, meta, state, installed, linger), **_run(minion))
-    summary["install_seconds"] = round(time.monotonic() - install_started, 3)
+    summary["install_seconds"] = seconds
     inventory.record(minion, tag, summary)
     minion.fire(f"lssd/peer/{tag}/complete", summary)
     minion.refresh_grains()
     return dict(summary, changed=True, comment=f"deployed {tag} in {summary['target']}")
+
+
+def _deploy_archive(minion, tag, data, info, meta, destination_path, timeout, linger, lt_settings, options):
+    """Download the archive, then install it; returns (installed, download state, install seconds)."""
+    run_dir, archive = _start_download(minion, tag, data, info, linger, timeout, lt_settings)
+    fire_start(minion, tag, info)
+    state = wait_for_download(minion, tag, run_dir, archive, timeout, info["size"])
+    install_started = time.monotonic()
+    try:
+        installed = install.install(
+            archive, destination_path, tag, compression=meta.get("compression"),
+            path_is_file=bool(meta.get("path_is_file")), file_name=meta.get("file_name"),
+            sha256=meta["sha256"], unpacked_size=meta.get("unpacked_size"), **options,
+        )
+    except Exception:
+        procs.stop(run_dir)
+        _remove(archive)
+        raise
+    return installed, state, round(time.monotonic() - install_started, 3)
+
+
+def fire_start(minion, tag, info):
+    minion.fire(f"lssd/peer/{tag}/start", dict(_run(minion), tag=tag, infohash=info["infohash"], size=info["size"]))
 
 
 def _target(destination_path, tag, options):
@@ -231,17 +247,22 @@ def _ssl_files(minion, tag, info, run_dir):
 
 def _summary(tag, info, meta, state, installed, linger):
     seconds = state.get("seconds") or round(time.time() - state.get("started", time.time()), 3)
+    from_seeder, from_peers = state.get("from_seeder", 0), state.get("from_peers", 0)
     return {
         "tag": tag,
+        "mode": meta.get("mode") or "archive",
         "target": installed["target"],
         "sha256": meta["sha256"],
         "infohash": info["infohash"],
         "bytes": info["size"],
         "seconds": seconds,
         "rate": round(info["size"] / seconds) if seconds else None,
-        "from_seeder": state.get("from_seeder", 0),
-        "from_peers": state.get("from_peers", 0),
+        "from_seeder": from_seeder,
+        "from_peers": from_peers,
+        # Bytes this peer already held (a resumed archive; files of other tags in tree mode),
+        # and the bytes that came over the wire.
         "reused": state.get("reused", 0),
+        "downloaded": from_seeder + from_peers,
         "files": installed.get("files"),
         "replaced": installed.get("replaced", False),
         "lingering": linger,
@@ -319,8 +340,9 @@ def _progress(state, size):
     return event
 
 
-def wait_for_download(minion, tag, run_dir, archive, timeout, size=None):
-    """Poll the peer process until it completes; a progress event every progress_interval s."""
+def wait_for_download(minion, tag, run_dir, archive, timeout, size=None, until=("lingering", "done")):
+    """Poll the peer process until its status is one of ``until`` (it completed); a progress
+    event every progress_interval s. ``archive``: the partial download removed if corrupt."""
     progress_interval = minion.setting("progress_interval")
     run = _run(minion)
     deadline = time.monotonic() + number(timeout, "timeout", 1)
@@ -330,7 +352,7 @@ def wait_for_download(minion, tag, run_dir, archive, timeout, size=None):
         if not state["running"]:
             state = procs.state(run_dir)  # its last words may have come after the first read
         status = state.get("status")
-        if status in ("lingering", "done"):
+        if status in until:
             return state
         now = time.monotonic()
         # A process that is gone without "done" (killed, or its state could not be written)
@@ -339,7 +361,7 @@ def wait_for_download(minion, tag, run_dir, archive, timeout, size=None):
         if failed or now >= deadline:
             procs.stop(run_dir)
             error = _failed(tag, state, status, run_dir) if failed else _timed_out(tag, state, timeout)
-            if state.get("corrupt"):
+            if state.get("corrupt") and archive:
                 _remove(archive)
             raise error
         if now >= next_event and status == "downloading":

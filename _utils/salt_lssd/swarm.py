@@ -7,6 +7,11 @@ their neighbours, then exits by itself. Installing the archive is not done here:
 waiting on the peer verifies the SHA-256 and installs it (install.py), so a failed install
 never takes the swarm down with it.
 
+A tree-mode torrent (see ``tree``) is served from the build directory itself and downloaded
+into the directory the job names; with ``manifest_first`` the peer fetches the manifest alone
+and waits for the job to place the files this host holds (``delta``) before it wants the rest.
+Its lingering is a separate seed-only process over the installed tree (``_LingerLoop``).
+
 Both are driven from libtorrent's alert loop; every second a ``state_update_alert`` (asked for
 with ``post_torrent_updates``) refreshes ``state.json`` for ``lssd.status`` and for the
 waiting job.
