@@ -180,7 +180,8 @@ def _deploy_archive(minion, tag, data, info, meta, destination_path, timeout, li
 
 
 def fire_start(minion, tag, info):
-    minion.fire(f"lssd/peer/{tag}/start", dict(_run(minion), tag=tag, infohash=info["infohash"], size=info["size"]))
+    event = dict(_run(minion), tag=tag, infohash=info["infohash"], size=info["size"])
+    minion.fire(f"lssd/peer/{tag}/start", event)
 
 
 def _target(destination_path, tag, options):
@@ -305,30 +306,32 @@ def _drop_other_build(layout, tag, info):
         _remove(os.path.join(layout.downloads, earlier["name"]))
 
 
-def _failed(tag, state, status, run_dir):
+def _failed(tag, state, status, run_dir, archive):
     """Why the download process ended without completing, from its last state or its end."""
     if status == "failed" and state.get("error"):
-        return LssdError(f"download of {tag} failed: {state['error']}" + _kept(state))
+        return LssdError(f"download of {tag} failed: {state['error']}" + _kept(state, archive))
     if status not in (None, "starting", "downloading"):
         return LssdError(f"download of {tag} ended as {status!r} before it completed (lssd.peer_stop?)")
     ended = procs.vanished(run_dir)
     return LssdError(
-        f"download process of {tag} (pid {state.get('pid', '?')}) {ended}" + _kept(state)
+        f"download process of {tag} (pid {state.get('pid', '?')}) {ended}" + _kept(state, archive)
     )
 
 
-def _kept(state):
+def _kept(state, archive):
+    if archive is None:  # tree mode: the job removes the download directory
+        return "; the partial download is removed"
     if state.get("corrupt"):
         return "; the partial archive was removed (its data cannot be trusted)"
     return "; the partial archive is kept: a retry resumes it"
 
 
-def _timed_out(tag, state, timeout):
+def _timed_out(tag, state, timeout, archive):
     return LssdError(
         f"download of {tag} did not complete within {timeout:g}s "
         f"(at {state.get('progress', 0)}%, {state.get('peers', 0)} peers"
         + (f", tracker: {state['tracker_error']}" if state.get("tracker_error") else "")
-        + ")" + _kept(state)
+        + ")" + _kept(state, archive)
     )
 
 
@@ -340,12 +343,15 @@ def _progress(state, size):
     return event
 
 
-def wait_for_download(minion, tag, run_dir, archive, timeout, size=None, until=("lingering", "done")):
-    """Poll the peer process until its status is one of ``until`` (it completed); a progress
-    event every progress_interval s. ``archive``: the partial download removed if corrupt."""
+def wait_for_download(minion, tag, run_dir, archive, timeout, size=None, until=("lingering", "done"),
+                      deadline=None):
+    """Poll the peer process until its status is one of ``until`` (it completed), at most
+    ``timeout`` seconds (or until the monotonic ``deadline`` of a download waited for in
+    steps); a progress event every progress_interval s. ``archive``: the partial download
+    removed if corrupt (None in tree mode, where the caller removes it)."""
     progress_interval = minion.setting("progress_interval")
     run = _run(minion)
-    deadline = time.monotonic() + number(timeout, "timeout", 1)
+    deadline = deadline or time.monotonic() + number(timeout, "timeout", 1)
     next_event = 0.0 if progress_interval > 0 else float("inf")
     while True:
         state = procs.state(run_dir)
@@ -360,7 +366,10 @@ def wait_for_download(minion, tag, run_dir, archive, timeout, size=None, until=(
         failed = status == "failed" or not state["running"]
         if failed or now >= deadline:
             procs.stop(run_dir)
-            error = _failed(tag, state, status, run_dir) if failed else _timed_out(tag, state, timeout)
+            if failed:
+                error = _failed(tag, state, status, run_dir, archive)
+            else:
+                error = _timed_out(tag, state, timeout, archive)
             if state.get("corrupt") and archive:
                 _remove(archive)
             raise error

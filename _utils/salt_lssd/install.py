@@ -809,7 +809,9 @@ class _TreePlacer(_Extractor):
             try:
                 fd = os.open(os.path.join(self.source, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as exc:
-                raise LssdError(f"file {rel!r} of the manifest is not in the download: {exc.strerror}") from exc
+                raise LssdError(
+                    f"file {rel!r} of the manifest is not in the download: {exc.strerror}"
+                ) from exc
         try:
             self._check(fd, rel, member)
             if self.uid != -1 or self.gid != -1:

@@ -42,8 +42,8 @@ def tracker_url(minion, tracker=None, passkey=None):
     return metainfo.announce_url(host or tracker, port or minion.setting("tracker:port"), passkey)
 
 
-def create_torrent(minion, tag, files_path=None, tracker=None, compression=None, exclude=None, path_is_file=None,
-                   mode=None):
+def create_torrent(minion, tag, files_path=None, tracker=None, compression=None, exclude=None,
+                   path_is_file=None, mode=None):
     """Pack the build of ``tag`` (or, in tree mode, hash its files) and make its torrent;
     returns what the torrent record keeps."""
     tag = validate_tag(tag)
@@ -53,7 +53,9 @@ def create_torrent(minion, tag, files_path=None, tracker=None, compression=None,
     exclude = minion.setting("exclude", exclude)
     mode = minion.setting("mode", mode)
     if mode == "tree" and path_is_file:
-        raise LssdError("mode 'tree' ships a directory's files; path_is_file ships one file: use mode 'archive'")
+        raise LssdError(
+            "mode 'tree' ships a directory's files; path_is_file ships one file: use mode 'archive'"
+        )
     # The passkey keeps the swarm's peer list from whoever lacks the torrent (see tracker).
     passkey = new_passkey()
     run_id = minion.setting("run_id")
@@ -108,7 +110,8 @@ def _make_archive_torrent(layout, tag, packed, url, root_cert, path_is_file, fil
     }
     if path_is_file:
         lssd_meta["file_name"] = os.path.basename(os.path.normpath(files_path))
-    made = metainfo.make_torrent(packed["archive"], layout.torrent(tag), url, lssd=lssd_meta, root_cert=root_cert)
+    made = metainfo.make_torrent(packed["archive"], layout.torrent(tag), url, lssd=lssd_meta,
+                                 root_cert=root_cert)
     return dict(packed, **made)
 
 

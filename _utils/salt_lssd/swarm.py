@@ -382,7 +382,8 @@ class _SeederLoop(_Loop):
     def __init__(self, *args):
         super().__init__(*args)
         tree = self.config.get("tree")
-        self.archive = tree["root"] if tree else os.path.join(self.config["save_path"], self.handle.torrent_file().name())
+        name = self.handle.torrent_file().name()
+        self.archive = tree["root"] if tree else os.path.join(self.config["save_path"], name)
         # A tree has no one identity to watch; its pieces are checked as they are first asked for.
         self.identity = None if tree else _archive_identity(self.archive)
         self.reporter.report(status="seeding", port=self.port, archive=self.archive)
@@ -526,7 +527,9 @@ class _PeerLoop(_Loop):
         unevenly there, see bench/README.md), and no loss. Any failure leaves plain
         rarest-first: slices are an optimisation, never a reason to fail a download.
         """
-        if self.phase or not self.slice_polls or self.slice_url is None or now < self.started + self.slice_polls[0]:
+        if self.phase or not self.slice_polls or self.slice_url is None:
+            return
+        if now < self.started + self.slice_polls[0]:
             return
         self.slice_polls.pop(0)
         try:

@@ -95,7 +95,8 @@ def make_tree_torrent(name, files, piece_size, torrent_path, tracker, lssd=None,
         pad = -length % piece_size
         if pad and index < len(files) - 1:
             listed.append({"attr": b"p", "length": pad, "path": [PAD_DIR.encode(), str(pad).encode()]})
-    info = {"files": listed, "name": name, "piece length": piece_size, "pieces": b"".join(hashes), "private": 1}
+    info = {"files": listed, "name": name, "piece length": piece_size, "pieces": b"".join(hashes),
+            "private": 1}
     return _write(info, torrent_path, tracker, lssd, root_cert, sum(f[1] for f in files))
 
 

@@ -143,5 +143,7 @@ def parse_manifest(data, sha256):
     except (ValueError, KeyError, TypeError) as exc:
         raise LssdError(f"manifest is not an lssd tree manifest: {exc}") from None
     if manifest.get("version") != MANIFEST_VERSION:
-        raise LssdError(f"manifest version {manifest.get('version')!r} is not {MANIFEST_VERSION}; update salt-lssd")
+        raise LssdError(
+            f"manifest version {manifest.get('version')!r} is not {MANIFEST_VERSION}; update salt-lssd"
+        )
     return root, entries

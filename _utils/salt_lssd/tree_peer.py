@@ -63,22 +63,18 @@ def _download(minion, tag, data, info, meta, staging, timeout, lt_settings, run_
     deploy.fire_start(minion, tag, info)
     tree_dir = os.path.join(staging, info["name"])
     manifest, reused = None, 0
-    state = deploy.wait_for_download(minion, tag, run_dir, None, _left(deadline), info["size"],
-                                     until=("manifest", "lingering", "done"))
+    state = deploy.wait_for_download(minion, tag, run_dir, None, timeout, info["size"],
+                                     until=("manifest", "lingering", "done"), deadline=deadline)
     if state.get("status") == "manifest":  # (a torrent of the manifest alone is complete already)
         manifest = _read_manifest(tree_dir, meta)
         _, reused = delta.place(found, manifest["parsed"][1], tree_dir)
         write_atomic(os.path.join(run_dir, "go"), b"")
-        state = deploy.wait_for_download(minion, tag, run_dir, None, _left(deadline), info["size"])
+        state = deploy.wait_for_download(minion, tag, run_dir, None, timeout, info["size"], deadline=deadline)
     procs.stop(run_dir)  # it ends by itself (linger 0); its files must not be open while they move
     if manifest is None:
         manifest = _read_manifest(tree_dir, meta)
     os.unlink(os.path.join(tree_dir, tree.MANIFEST_NAME))
     return dict(state, reused=reused), manifest
-
-
-def _left(deadline):
-    return max(1.0, deadline - time.monotonic())
 
 
 def _read_manifest(tree_dir, meta):

@@ -186,3 +186,27 @@ def test_a_tag_with_nothing_new_downloads_only_its_manifest(origin, make_minion,
     assert tree_manifest(dest / "R2") == tree_manifest(dest / "R1")
     assert summary["reused"] == second["size"] - os.path.getsize(second["manifest"])
     assert summary["downloaded"] <= second["piece_size"]
+
+
+def test_a_failed_tree_download_leaves_nothing_behind(origin, make_minion, build, tmp_path):
+    # Registered with the tracker, but nobody seeds it: the peer cannot complete.
+    made = origin.modules.lssd.create_torrent("R1", files_path=str(build), mode="tree")
+    origin.modules.lssd.tracker_allow(made["torrent"])
+    peer = make_minion("peer")
+    dest = tmp_path / "dest"
+    with pytest.raises(CommandExecutionError, match=r"did not complete within 3s"):
+        peer.modules.lssd.peer("R1", destination_path=str(dest), torrent=made["torrent"], timeout=3)
+    assert os.listdir(dest) == []
+    assert [p for p in peer.modules.lssd.status()["processes"] if p["running"]] == []
+
+
+def test_a_build_changed_while_seeded_stops_the_seeder(origin, make_minion, build, tmp_path):
+    made = seed(origin, "R1", build)
+    _change(build, "data/text.log", b"x" * os.path.getsize(os.path.join(build, "data/text.log")))
+    peer = make_minion("peer")
+    with pytest.raises(CommandExecutionError):
+        peer.modules.lssd.peer("R1", destination_path=str(tmp_path / "dest"), torrent=made["torrent"], timeout=10)
+    seeding = [p for p in origin.modules.lssd.status()["processes"] if p["role"] == "seeder"]
+    assert [p["status"] for p in seeding] == ["failed"], seeding
+    assert "changed since its torrent was made" in seeding[0]["error"]
+    assert "data/text.log" in seeding[0]["error"]
