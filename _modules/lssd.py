@@ -209,9 +209,11 @@ def tracker_allow(torrent=None, tag=None, seeder=None, run_id=None, wait=None, a
 
 
 @_wrap
-def create_torrent(tag, files_path=None, tracker=None, compression=None, exclude=None, path_is_file=None):
+def create_torrent(tag, files_path=None, tracker=None, compression=None, exclude=None, path_is_file=None,
+                   mode=None):
     """
-    Pack a build into one archive and make the private .torrent that distributes it.
+    Pack a build into one archive (or, in tree mode, hash its files) and make the private
+    .torrent that distributes it.
 
     tag
         The deploy tag, a name such as ``Deploy1`` (no ``/``, ``..``, whitespace).
@@ -229,8 +231,13 @@ def create_torrent(tag, files_path=None, tracker=None, compression=None, exclude
     path_is_file
         Distribute ``files_path`` as one file, unpacked (Murder's ``path_is_file``).
         Default: pillar ``lssd:path_is_file``, else False.
+    mode
+        ``archive`` (one packed archive) or ``tree`` (the build's own files, piece-aligned in
+        one multi-file torrent; seeded from ``files_path`` itself, which must not change while
+        it is seeded). Default: pillar ``lssd:mode``, else ``archive``.
 
-    Returns ``tag, archive, torrent, infohash, sha256, size`` (paths absolute) and more.
+    Returns ``tag, archive, torrent, infohash, sha256, size`` (paths absolute) and more; in
+    tree mode ``archive`` is None and ``manifest`` and ``root`` say what is seeded.
 
     CLI Example:
 
@@ -241,7 +248,7 @@ def create_torrent(tag, files_path=None, tracker=None, compression=None, exclude
     """
     return seeder.create_torrent(
         _minion(), tag, files_path=files_path, tracker=tracker, compression=compression, exclude=exclude,
-        path_is_file=path_is_file,
+        path_is_file=path_is_file, mode=mode,
     )
 
 
@@ -368,7 +375,14 @@ def peer(
     nonce
         Only accept the mine entry of the seeding run with this nonce. Default: any.
 
-    Returns a summary: bytes, seconds, average rate, bytes from the seeder and from peers.
+    The torrent says how the build travels (the seeder's ``lssd:mode``): as one archive, or
+    in tree mode as its own files, downloaded straight beside the target, each checked
+    against the manifest before the tree is renamed into place; files this host already
+    holds in other installed tags of the app (same content, hashed again now) are copied
+    instead of downloaded.
+
+    Returns a summary: mode, bytes, seconds, average rate, bytes from the seeder and from
+    peers, ``downloaded`` (their sum) and ``reused`` (bytes this host already held).
 
     CLI Example:
 

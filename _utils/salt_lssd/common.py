@@ -12,7 +12,8 @@ A minion keeps everything lssd owns below one *state directory* (default
       run/<role>[-<tag>]/            one directory per detached process:
                                      pid, config.json, state.json, log
       tracker/allowed/<infohash>     info-hashes the tracker serves (tracker_allow)
-      installed/<tag>.json           what the peer installed and where (for idempotent states)
+      installed/<tag>.json           what the peer installed and where (for idempotent states);
+                                     <tag>.lssd-manifest.json beside it for a tree-mode install
       locks/peer-<tag>.lock          held while a job deploys the tag (one at a time)
       apps/<app>/                    the same archives/ ... locks/ (not tracker/) for each
                                      lssd:app, so two apps may deploy one tag side by side
@@ -219,6 +220,10 @@ class Layout:
 
     def installed_record(self, tag):
         return os.path.join(self.installed, validate_tag(tag) + ".json")
+
+    def installed_manifest(self, tag):
+        """A tree-mode install's manifest, kept for delta deploys and for its lingering seeder."""
+        return os.path.join(self.installed, validate_tag(tag) + ".lssd-manifest.json")
 
     def lock(self, tag):
         return os.path.join(self.locks, f"peer-{validate_tag(tag)}.lock")

@@ -3,15 +3,17 @@
 The download runs in a detached process (``swarm``) that keeps seeding for ``linger``
 seconds after it completes; the Salt job waits for it here, sending progress events, then
 installs the archive (``install``: SHA-256 checked while extracting, in one read, and the
-target renamed into place) and records the install (``inventory``). Two jobs deploying the
-same tag on one minion are serialized: the second finds the tag installed and does nothing.
+target renamed into place) and records the install (``inventory``). A tree-mode torrent
+(the seeder's ``lssd:mode``) goes through ``tree_peer`` instead: the files are downloaded
+beside the target and moved into place. Two jobs deploying the same tag on one minion are
+serialized: the second finds the tag installed and does nothing.
 """
 
 import fcntl
 import os
 import time
 
-from salt_lssd import LssdError, NotPublished, credentials, install, inventory, mine, procs
+from salt_lssd import LssdError, NotPublished, credentials, install, inventory, mine, procs, tree_peer
 from salt_lssd import torrent as metainfo
 from salt_lssd.common import ensure_dir, validate_tag, write_atomic
 from salt_lssd.settings import number
@@ -144,27 +146,42 @@ def _peer(minion, tag, destination_path=None, torrent=None, timeout=None, linger
             return dict(done, changed=False, comment=f"{tag} is already installed in {done['target']}")
         if done:  # another build of the tag is in place: checked only now that it is to be replaced
             install.check(destination_path, tag, **options)
-        run_dir, archive = _start_download(minion, tag, data, info, linger, timeout, lt_settings)
-        minion.fire(f"lssd/peer/{tag}/start",
-                    dict(_run(minion), tag=tag, infohash=info["infohash"], size=info["size"]))
-        state = wait_for_download(minion, tag, run_dir, archive, timeout, info["size"])
-        install_started = time.monotonic()
-        try:
-            installed = install.install(
-                archive, destination_path, tag, compression=meta.get("compression"),
-                path_is_file=bool(meta.get("path_is_file")), file_name=meta.get("file_name"),
-                sha256=meta["sha256"], unpacked_size=meta.get("unpacked_size"), **options,
-            )
-        except Exception:
-            procs.stop(run_dir)
-            _remove(archive)
-            raise
+        job = dict(data=data, info=info, meta=meta, destination_path=destination_path, timeout=timeout,
+                   linger=linger, lt_settings=lt_settings, options=options)
+        if meta.get("mode") == "tree":
+            installed, state, seconds = tree_peer.run(minion, tag, **job)
+        else:
+            installed, state, seconds = _deploy_archive(minion, tag, **job)
     summary = dict(_summary(tag, info, meta, state, installed, linger), **_run(minion))
-    summary["install_seconds"] = round(time.monotonic() - install_started, 3)
+    summary["install_seconds"] = seconds
     inventory.record(minion, tag, summary)
     minion.fire(f"lssd/peer/{tag}/complete", summary)
     minion.refresh_grains()
     return dict(summary, changed=True, comment=f"deployed {tag} in {summary['target']}")
+
+
+def _deploy_archive(minion, tag, data, info, meta, destination_path, timeout, linger, lt_settings, options):
+    """Download the archive, then install it; returns (installed, download state, install seconds)."""
+    run_dir, archive = _start_download(minion, tag, data, info, linger, timeout, lt_settings)
+    fire_start(minion, tag, info)
+    state = wait_for_download(minion, tag, run_dir, archive, timeout, info["size"])
+    install_started = time.monotonic()
+    try:
+        installed = install.install(
+            archive, destination_path, tag, compression=meta.get("compression"),
+            path_is_file=bool(meta.get("path_is_file")), file_name=meta.get("file_name"),
+            sha256=meta["sha256"], unpacked_size=meta.get("unpacked_size"), **options,
+        )
+    except Exception:
+        procs.stop(run_dir)
+        _remove(archive)
+        raise
+    return installed, state, round(time.monotonic() - install_started, 3)
+
+
+def fire_start(minion, tag, info):
+    event = dict(_run(minion), tag=tag, infohash=info["infohash"], size=info["size"])
+    minion.fire(f"lssd/peer/{tag}/start", event)
 
 
 def _target(destination_path, tag, options):
@@ -231,17 +248,22 @@ def _ssl_files(minion, tag, info, run_dir):
 
 def _summary(tag, info, meta, state, installed, linger):
     seconds = state.get("seconds") or round(time.time() - state.get("started", time.time()), 3)
+    from_seeder, from_peers = state.get("from_seeder", 0), state.get("from_peers", 0)
     return {
         "tag": tag,
+        "mode": meta.get("mode") or "archive",
         "target": installed["target"],
         "sha256": meta["sha256"],
         "infohash": info["infohash"],
         "bytes": info["size"],
         "seconds": seconds,
         "rate": round(info["size"] / seconds) if seconds else None,
-        "from_seeder": state.get("from_seeder", 0),
-        "from_peers": state.get("from_peers", 0),
+        "from_seeder": from_seeder,
+        "from_peers": from_peers,
+        # Bytes this peer already held (a resumed archive; files of other tags in tree mode),
+        # and the bytes that came over the wire.
         "reused": state.get("reused", 0),
+        "downloaded": from_seeder + from_peers,
         "files": installed.get("files"),
         "replaced": installed.get("replaced", False),
         "lingering": linger,
@@ -284,30 +306,32 @@ def _drop_other_build(layout, tag, info):
         _remove(os.path.join(layout.downloads, earlier["name"]))
 
 
-def _failed(tag, state, status, run_dir):
+def _failed(tag, state, status, run_dir, archive):
     """Why the download process ended without completing, from its last state or its end."""
     if status == "failed" and state.get("error"):
-        return LssdError(f"download of {tag} failed: {state['error']}" + _kept(state))
+        return LssdError(f"download of {tag} failed: {state['error']}" + _kept(state, archive))
     if status not in (None, "starting", "downloading"):
         return LssdError(f"download of {tag} ended as {status!r} before it completed (lssd.peer_stop?)")
     ended = procs.vanished(run_dir)
     return LssdError(
-        f"download process of {tag} (pid {state.get('pid', '?')}) {ended}" + _kept(state)
+        f"download process of {tag} (pid {state.get('pid', '?')}) {ended}" + _kept(state, archive)
     )
 
 
-def _kept(state):
+def _kept(state, archive):
+    if archive is None:  # tree mode: the job removes the download directory
+        return "; the partial download is removed"
     if state.get("corrupt"):
         return "; the partial archive was removed (its data cannot be trusted)"
     return "; the partial archive is kept: a retry resumes it"
 
 
-def _timed_out(tag, state, timeout):
+def _timed_out(tag, state, timeout, archive):
     return LssdError(
         f"download of {tag} did not complete within {timeout:g}s "
         f"(at {state.get('progress', 0)}%, {state.get('peers', 0)} peers"
         + (f", tracker: {state['tracker_error']}" if state.get("tracker_error") else "")
-        + ")" + _kept(state)
+        + ")" + _kept(state, archive)
     )
 
 
@@ -319,18 +343,22 @@ def _progress(state, size):
     return event
 
 
-def wait_for_download(minion, tag, run_dir, archive, timeout, size=None):
-    """Poll the peer process until it completes; a progress event every progress_interval s."""
+def wait_for_download(minion, tag, run_dir, archive, timeout, size=None, until=("lingering", "done"),
+                      deadline=None):
+    """Poll the peer process until its status is one of ``until`` (it completed), at most
+    ``timeout`` seconds (or until the monotonic ``deadline`` of a download waited for in
+    steps); a progress event every progress_interval s. ``archive``: the partial download
+    removed if corrupt (None in tree mode, where the caller removes it)."""
     progress_interval = minion.setting("progress_interval")
     run = _run(minion)
-    deadline = time.monotonic() + number(timeout, "timeout", 1)
+    deadline = deadline or time.monotonic() + number(timeout, "timeout", 1)
     next_event = 0.0 if progress_interval > 0 else float("inf")
     while True:
         state = procs.state(run_dir)
         if not state["running"]:
             state = procs.state(run_dir)  # its last words may have come after the first read
         status = state.get("status")
-        if status in ("lingering", "done"):
+        if status in until:
             return state
         now = time.monotonic()
         # A process that is gone without "done" (killed, or its state could not be written)
@@ -338,8 +366,11 @@ def wait_for_download(minion, tag, run_dir, archive, timeout, size=None):
         failed = status == "failed" or not state["running"]
         if failed or now >= deadline:
             procs.stop(run_dir)
-            error = _failed(tag, state, status, run_dir) if failed else _timed_out(tag, state, timeout)
-            if state.get("corrupt"):
+            if failed:
+                error = _failed(tag, state, status, run_dir, archive)
+            else:
+                error = _timed_out(tag, state, timeout, archive)
+            if state.get("corrupt") and archive:
                 _remove(archive)
             raise error
         if now >= next_event and status == "downloading":

@@ -9,7 +9,9 @@ refused. Files keep the archive's modes and mtimes; ``owner``/``group`` are appl
 (links themselves, never their targets) and ``mode`` to the target directory only. A non-empty
 target is only replaced with ``unsafe_please_delete`` (Murder's rule): the old tree is renamed
 aside, the new one renamed in, and only then is the old one deleted; if the swap fails the old
-tree is put back. Nothing outside the target is ever deleted.
+tree is put back. Nothing outside the target is ever deleted. A tree-mode download
+(``install_tree``) goes through the same checks and the same temporary tree: its manifest
+entries stand for the archive's members, and its files are moved in once they match.
 
 ``tarfile``'s own extraction filters are not used: the ``data`` filter rewrites modes (which
 must stay byte-identical) and the others do not check enough; the checks here do not depend on
@@ -608,6 +610,44 @@ def _finish_tree(tmp, extractor, mode):
     _write_back(tmp)
 
 
+def _make_parent(target):
+    parent = os.path.dirname(target)
+    try:
+        os.makedirs(parent, mode=DEFAULT_MODE, exist_ok=True)
+    except OSError as exc:
+        raise LssdError(f"cannot create a directory in {parent!r}: {exc.strerror}") from exc
+    return parent
+
+
+def _into_place(fill, plan, tag, unsafe_please_delete, what):
+    """A temporary tree beside the target, filled by ``fill(tmp)`` (which returns its
+    extractor), finished and renamed into place; removed, and nothing installed, on failure.
+    Returns (extractor, whether something was at the target before)."""
+    target = plan["target"]
+    parent = os.path.dirname(target)
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{tag}.lssd-tmp-", dir=parent)
+    except OSError as exc:
+        raise LssdError(f"cannot create a directory in {parent!r}: {exc.strerror}") from exc
+    try:
+        try:
+            extractor = fill(tmp)
+            _finish_tree(tmp, extractor, plan["mode"])
+            replaced = _move_into_place(tmp, target, tag, unsafe_please_delete)
+            fsync_dir(parent)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise LssdError(f"no space left to install into {target!r}") from exc
+            raise LssdError(f"cannot install {what!r} into {target!r}: {exc}") from exc
+    except BaseException:
+        try:
+            _remove_tree(tmp)
+        except OSError:
+            pass
+        raise
+    return extractor, replaced
+
+
 def _size_cap(archive, unpacked_size, parent, tag):
     """(cap on extracted bytes, what it comes from), after checking ``parent`` has room."""
     if unpacked_size is not None:
@@ -698,38 +738,26 @@ def install(
         raise LssdError(f"sha256 {sha256!r} is not a SHA-256 hex digest (64 hex digits)")
     digest = hashlib.sha256() if sha256 is not None else None
     target = plan["target"]
-    parent = os.path.dirname(target)
+    parent = _make_parent(target)
     try:
-        os.makedirs(parent, mode=DEFAULT_MODE, exist_ok=True)
         cap, cap_source = _size_cap(archive, unpacked_size, parent, tag)
-        tmp = tempfile.mkdtemp(prefix=f".{tag}.lssd-tmp-", dir=parent)
     except OSError as exc:
-        raise LssdError(f"cannot create a directory in {parent!r}: {exc.strerror}") from exc
-    extractor = _Extractor(tmp, plan["uid"], plan["gid"], None if path_is_file else cap, cap_source)
-    try:
-        try:
-            if path_is_file:
-                _install_file(archive, tmp, file_name, extractor, digest)
-            else:
-                _extract_archive(archive, command, extractor, digest)
-            if digest is not None and digest.hexdigest() != sha256.lower():
-                raise LssdError(
-                    f"archive {archive!r} has SHA-256 {digest.hexdigest()}, expected {sha256.lower()}; "
-                    "nothing was installed"
-                )
-            _finish_tree(tmp, extractor, plan["mode"])
-            replaced = _move_into_place(tmp, target, tag, unsafe_please_delete)
-            fsync_dir(parent)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise LssdError(f"no space left to install into {target!r}") from exc
-            raise LssdError(f"cannot install {archive!r} into {target!r}: {exc}") from exc
-    except BaseException:
-        try:
-            _remove_tree(tmp)
-        except OSError:
-            pass
-        raise
+        raise LssdError(f"cannot read {parent!r}: {exc.strerror}") from exc
+
+    def fill(tmp):
+        extractor = _Extractor(tmp, plan["uid"], plan["gid"], None if path_is_file else cap, cap_source)
+        if path_is_file:
+            _install_file(archive, tmp, file_name, extractor, digest)
+        else:
+            _extract_archive(archive, command, extractor, digest)
+        if digest is not None and digest.hexdigest() != sha256.lower():
+            raise LssdError(
+                f"archive {archive!r} has SHA-256 {digest.hexdigest()}, expected {sha256.lower()}; "
+                "nothing was installed"
+            )
+        return extractor
+
+    extractor, replaced = _into_place(fill, plan, tag, unsafe_please_delete, archive)
     return {
         "target": target,
         "files": extractor.files,
@@ -737,3 +765,117 @@ def install(
         "replaced": replaced,
         "sha256": sha256.lower() if sha256 is not None else None,
     }
+
+
+# -- tree mode ----------------------------------------------------------------------------------
+
+_KINDS = {"dir": tarfile.DIRTYPE, "file": tarfile.REGTYPE, "symlink": tarfile.SYMTYPE}
+
+
+def _manifest_member(entry):
+    """A manifest entry as the member the extractor checks and writes (the archive's rules)."""
+    try:
+        path, kind, mode, mtime = entry["path"], entry["kind"], int(entry["mode"]), int(entry["mtime"])
+    except (KeyError, TypeError, ValueError):
+        raise LssdError(f"manifest entry {entry!r} lacks path, kind, mode or mtime") from None
+    if not isinstance(path, str) or kind not in _KINDS:
+        raise LssdError(f"manifest entry {path!r} has kind {kind!r}; allowed: {', '.join(_KINDS)}")
+    member = tarfile.TarInfo(path)
+    member.type, member.mode, member.mtime = _KINDS[kind], mode, mtime
+    if kind == "symlink":
+        member.linkname = str(entry.get("target") or "")
+    elif kind == "file":
+        member.size = int(entry.get("size", -1))
+        if member.size < 0 or not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256"))):
+            raise LssdError(f"manifest entry {path!r} is a file without a size and SHA-256")
+    return member
+
+
+class _TreePlacer(_Extractor):
+    """Builds the tree from the manifest: directories and symlinks as the archive's, and each
+    file moved (renamed: same filesystem) from the download once its size and SHA-256 match."""
+
+    def __init__(self, root, uid, gid, source):
+        super().__init__(root, uid, gid)
+        self.source = source
+        self.sha256 = {}
+
+    def _file(self, tar, member, path):
+        rel = os.path.relpath(path, self.root)
+        if member.size == 0:  # empty files are not torrent files: made here
+            os.close(os.open(path, _CREATE, 0o600))
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        else:
+            try:
+                fd = os.open(os.path.join(self.source, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                raise LssdError(
+                    f"file {rel!r} of the manifest is not in the download: {exc.strerror}"
+                ) from exc
+        try:
+            self._check(fd, rel, member)
+            if self.uid != -1 or self.gid != -1:
+                os.fchown(fd, self.uid, self.gid)
+            os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears set-uid/set-gid bits
+            os.utime(fd, (member.mtime, member.mtime))
+        finally:
+            os.close(fd)
+        if member.size:
+            os.rename(os.path.join(self.source, rel), path)
+
+    def _check(self, fd, rel, member):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LssdError(f"{rel!r} in the download is not a regular file; nothing was installed")
+        digest, size = hashlib.sha256(), 0
+        while True:
+            block = os.read(fd, CHUNK)
+            if not block:
+                break
+            size += len(block)
+            digest.update(block)
+        expected = self.sha256[rel]
+        if size != member.size or digest.hexdigest() != expected:
+            raise LssdError(
+                f"file {rel!r} has {size} bytes with SHA-256 {digest.hexdigest()}; the manifest says "
+                f"{member.size} bytes with {expected}; nothing was installed"
+            )
+
+    def leftovers(self):
+        """LssdError naming a file of the download that the manifest does not list."""
+        for dirpath, _, filenames in os.walk(self.source):
+            for name in filenames:
+                rel = os.path.relpath(os.path.join(dirpath, name), self.source)
+                raise LssdError(f"{rel!r} is in the download but not in the manifest; nothing was installed")
+
+
+def install_tree(source, manifest, destination_path, tag, no_tag_directory=False, unsafe_please_delete=False,
+                 owner=None, group=None, mode=None):
+    """Install a tree-mode download as ``destination_path/<tag>``, atomically.
+
+    ``source`` is the directory libtorrent wrote (on the target's filesystem, the manifest
+    already taken out of it); ``manifest`` is ``(root, entries)`` from ``tree.parse_manifest``.
+    Every entry goes through the archive's checks (no absolute paths or '..', nothing
+    written through a symlink, no link leaving the tree); each file must match its size and
+    SHA-256, and a file the manifest does not list refuses the install. Options and result
+    as for :func:`install` (``sha256`` None: the caller checked the manifest's).
+    """
+    plan = check(destination_path, tag, no_tag_directory=no_tag_directory,
+                 unsafe_please_delete=unsafe_please_delete, owner=owner, group=group, mode=mode)
+    root, entries = manifest
+
+    def fill(tmp):
+        placer = _TreePlacer(tmp, plan["uid"], plan["gid"], source)
+        placer.root_mode, placer.root_mtime = int(root["mode"]) & 0o7777, int(root["mtime"])
+        for entry in entries:
+            member = _manifest_member(entry)
+            if member.isreg():
+                placer.sha256[_member_path(member)] = entry["sha256"]
+            placer.add(None, member)
+        placer.leftovers()
+        placer.finish()
+        return placer
+
+    _make_parent(plan["target"])
+    placer, replaced = _into_place(fill, plan, tag, unsafe_please_delete, source)
+    return {"target": plan["target"], "files": placer.files, "bytes": placer.bytes, "replaced": replaced,
+            "sha256": None}

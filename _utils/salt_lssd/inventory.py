@@ -37,6 +37,10 @@ def installed(minion, tag=None):
 
 
 def forget(minion, tag):
+    try:
+        os.unlink(minion.layout.installed_manifest(tag))
+    except FileNotFoundError:
+        pass
     path = minion.layout.installed_record(tag)
     if os.path.exists(path):
         os.unlink(path)
@@ -77,8 +81,9 @@ def archive_files(minion, tag):
     layout = minion.layout
     names = {tag + pack.archive_suffix(compression) for compression in pack.COMPRESSIONS}
     made = read_json(layout.torrent_meta(tag)) or {}
-    if made.get("archive"):
-        names.add(os.path.basename(made["archive"]))
+    for kept in ("archive", "manifest"):  # a tree-mode seeder keeps the manifest, never the tree
+        if made.get(kept):
+            names.add(os.path.basename(made[kept]))
     if os.path.isfile(layout.torrent(tag)):
         with open(layout.torrent(tag), "rb") as fh:
             try:

@@ -12,6 +12,7 @@ import base64
 import os
 import random
 import time
+import zlib
 
 from salt_lssd import LssdError, NotPublished
 from salt_lssd import torrent as metainfo
@@ -19,6 +20,30 @@ from salt_lssd.common import write_atomic
 
 TORRENT_PREFIX = "lssd_torrent_"
 TRACKER = "lssd_tracker"
+# A mine entry goes to the master through the minion's event bus, which replaces a value larger
+# than the minion's max_event_size (1 MiB by default) with "VALUE_TRIMMED" (bench/SCALE.md,
+# section 2). The torrent's text may take all of that but what the rest of the entry needs
+# (the deploy's certificate and key, the checks: a few KiB).
+MAX_TORRENT_TEXT = 1024 * 1024 - 64 * 1024
+
+
+def _torrent_text(data, mode):
+    """The torrent as the entry carries it: base64, of its zlib form in tree mode, where a
+    build's paths (in the torrent once per file) compress well."""
+    return base64.b64encode(zlib.compress(data, 9) if mode == "tree" else data).decode("ascii")
+
+
+def check_torrent_size(data, entries):
+    """LssdError if a tree-mode torrent would not fit a mine entry, naming what to do."""
+    size = len(_torrent_text(data, "tree"))
+    if size > MAX_TORRENT_TEXT:
+        raise LssdError(
+            f"the tree-mode torrent of this build ({entries} files and directories) takes {size} bytes in "
+            f"the mine entry (zlib, base64), over the limit of {MAX_TORRENT_TEXT} bytes (Salt's "
+            "max_event_size of 1 MiB less room for the rest of the entry): deploy it with mode "
+            "'archive' (lssd:mode), whose torrent stays under 200 KB whatever the build"
+        )
+    return size
 
 
 def torrent_alias(tag, app=None):
@@ -65,7 +90,8 @@ def torrent_entry(minion, tag, data, meta, nonce, run_id=None):
         "run_id": run_id,
         "tag": tag,
         "app": minion.app,
-        "torrent": base64.b64encode(data).decode("ascii"),
+        "torrent": _torrent_text(data, meta.get("mode")),
+        "encoding": "zlib" if meta.get("mode") == "tree" else None,
         "infohash": meta["infohash"],
         "sha256": meta["sha256"],
         "size": meta["size"],
@@ -99,10 +125,19 @@ def lookup_torrent(minion, tag, nonce=None, seeder=None, run_id=None):
         raise LssdError(f"seeders {sorted(entries)} publish different builds for tag {tag!r}; stop all but one")
     who, entry = sorted(entries.items(), key=lambda kv: kv[1].get("published", 0))[-1]
     data = base64.b64decode(entry["torrent"])
+    if entry.get("encoding") == "zlib":
+        data = _inflate(data, tag, who)
     info = metainfo.read_torrent(data)
     if info["infohash"] != entry["infohash"] or info["lssd"].get("sha256") != entry["sha256"]:
         raise LssdError(f"mine entry for tag {tag!r} from {who} does not match its own torrent")
     return {"data": data, "info": info, "entry": entry}
+
+
+def _inflate(data, tag, who):
+    try:
+        return zlib.decompress(data)
+    except zlib.error as exc:
+        raise LssdError(f"mine entry for tag {tag!r} from {who} is not valid zlib data: {exc}") from None
 
 
 def await_torrent(minion, tag, run_id, timeout, seeder=None):

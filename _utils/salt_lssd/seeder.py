@@ -1,7 +1,8 @@
 """The seeder role on a minion: pack a build, make its torrent, seed it, publish it.
 
-``create_torrent`` packs ``seeder_files_path`` into one archive per tag (``pack``) and makes
-the private .torrent naming our tracker (``torrent``); ``seed_start`` runs the detached
+``create_torrent`` packs ``seeder_files_path`` into one archive per tag (``pack``), or in tree
+mode hashes its files where they are (``tree``), and makes the private .torrent naming our
+tracker (``torrent``); ``seed_start`` runs the detached
 libtorrent seeder (``swarm``) and publishes the torrent to the mine with a fresh nonce,
 returning once the master holds it; ``seed_stop`` stops it and withdraws the entry.
 """
@@ -11,9 +12,9 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
-from salt_lssd import LssdError, NotPublished, credentials, mine, pack, procs
+from salt_lssd import LssdError, NotPublished, credentials, mine, pack, procs, tree
 from salt_lssd import torrent as metainfo
-from salt_lssd.common import read_json, validate_tag, write_json_atomic
+from salt_lssd.common import read_json, validate_tag, write_atomic, write_json_atomic
 
 # In a seeder's run directory: the run its mine entry is published for.
 _PUBLISHED_FOR = "published.json"
@@ -41,13 +42,20 @@ def tracker_url(minion, tracker=None, passkey=None):
     return metainfo.announce_url(host or tracker, port or minion.setting("tracker:port"), passkey)
 
 
-def create_torrent(minion, tag, files_path=None, tracker=None, compression=None, exclude=None, path_is_file=None):
-    """Pack the build of ``tag`` and make its torrent; returns what the torrent record keeps."""
+def create_torrent(minion, tag, files_path=None, tracker=None, compression=None, exclude=None,
+                   path_is_file=None, mode=None):
+    """Pack the build of ``tag`` (or, in tree mode, hash its files) and make its torrent;
+    returns what the torrent record keeps."""
     tag = validate_tag(tag)
     files_path = minion.setting("seeder_files_path", files_path)
     path_is_file = minion.setting("path_is_file", path_is_file)
     compression = minion.setting("compression", compression)
     exclude = minion.setting("exclude", exclude)
+    mode = minion.setting("mode", mode)
+    if mode == "tree" and path_is_file:
+        raise LssdError(
+            "mode 'tree' ships a directory's files; path_is_file ships one file: use mode 'archive'"
+        )
     # The passkey keeps the swarm's peer list from whoever lacks the torrent (see tracker).
     passkey = new_passkey()
     run_id = minion.setting("run_id")
@@ -59,30 +67,25 @@ def create_torrent(minion, tag, files_path=None, tracker=None, compression=None,
         url = None  # the run's tracker starts beside us: it is awaited after packing
     layout = minion.layout
     started = time.time()
-    packed = pack.pack(
-        files_path, layout.archives, tag, compression=compression, exclude=exclude, path_is_file=path_is_file
-    )
+    if mode == "tree":
+        packed = tree.build(files_path, layout.archives, metainfo.piece_size_for, exclude)
+    else:
+        packed = pack.pack(files_path, layout.archives, tag, compression=compression, exclude=exclude,
+                           path_is_file=path_is_file)
     packed_at = time.time()
     if url is None:
         url = mine.wait_for(minion, run_id, minion.setting("job_timeout"), "the tracker's address",
                             lambda: tracker_url(minion, tracker, passkey))
     # After packing: a build that fails to pack leaves the credentials of the torrent before it.
     creds = credentials.make(layout.credentials(tag), tag) if minion.setting("ssl") else None
-    lssd_meta = {
-        "tag": tag,
-        "sha256": packed["sha256"],
-        "compression": packed["compression"],
-        "path_is_file": int(path_is_file),
-        # Peers check free space against it and stop extracting past it (a bomb).
-        "unpacked_size": packed["input_bytes"],
-    }
-    if path_is_file:
-        lssd_meta["file_name"] = os.path.basename(os.path.normpath(files_path))
-    made = metainfo.make_torrent(packed["archive"], layout.torrent(tag), url, lssd=lssd_meta,
-                                 root_cert=creds and creds["ca"])
-    result = dict(packed, **made)
+    root_cert = creds and creds["ca"]
+    if mode == "tree":
+        result = _make_tree_torrent(layout, tag, packed, url, root_cert)
+    else:
+        result = _make_archive_torrent(layout, tag, packed, url, root_cert, path_is_file, files_path)
     result.update(
         tag=tag,
+        mode=mode,
         tracker=url,
         ssl=bool(creds),
         cert_path=creds and creds["cert_path"],
@@ -96,6 +99,37 @@ def create_torrent(minion, tag, files_path=None, tracker=None, compression=None,
     return _shown(result)
 
 
+def _make_archive_torrent(layout, tag, packed, url, root_cert, path_is_file, files_path):
+    lssd_meta = {
+        "tag": tag,
+        "sha256": packed["sha256"],
+        "compression": packed["compression"],
+        "path_is_file": int(path_is_file),
+        # Peers check free space against it and stop extracting past it (a bomb).
+        "unpacked_size": packed["input_bytes"],
+    }
+    if path_is_file:
+        lssd_meta["file_name"] = os.path.basename(os.path.normpath(files_path))
+    made = metainfo.make_torrent(packed["archive"], layout.torrent(tag), url, lssd=lssd_meta,
+                                 root_cert=root_cert)
+    return dict(packed, **made)
+
+
+def _make_tree_torrent(layout, tag, built, url, root_cert):
+    """The tree's torrent, refused before anything is seeded if its mine entry cannot fit. The
+    manifest is kept beside the archives: the seeder serves it as the torrent's first file."""
+    lssd_meta = {"tag": tag, "mode": "tree", "sha256": built["sha256"], "unpacked_size": built["input_bytes"],
+                 "files": built["entries"]}
+    made = metainfo.make_tree_torrent(tag, built["files"], built["piece_size"], layout.torrent(tag), url,
+                                      lssd=lssd_meta, root_cert=root_cert)
+    with open(made["torrent"], "rb") as fh:
+        mine.check_torrent_size(fh.read(), built["entries"])
+    manifest = os.path.join(layout.archives, f"{tag}{tree.MANIFEST_SUFFIX}")
+    write_atomic(manifest, built["manifest"])
+    return dict(made, archive=None, root=built["root"], manifest=manifest, sha256=built["sha256"],
+                compression=None, files=built["entries"], input_bytes=built["input_bytes"], file_name=None)
+
+
 def _shown(meta):
     """What a job may return of a torrent record: the announce URL without its passkey (job
     returns land in the master's job cache and in orchestrate output)."""
@@ -105,8 +139,13 @@ def _shown(meta):
 def local_torrent(minion, tag):
     """What create_torrent recorded for ``tag`` here; LssdError if its files are gone."""
     layout = minion.layout
-    meta = read_json(layout.torrent_meta(tag))
-    if not meta or not os.path.isfile(layout.torrent(tag)) or not os.path.isfile(meta.get("archive", "")):
+    meta = read_json(layout.torrent_meta(tag)) or {}
+    # What is seeded: the archive, or in tree mode the manifest kept here and the tree itself.
+    if meta.get("mode") == "tree":
+        present = os.path.isfile(meta.get("manifest") or "") and os.path.isdir(meta.get("root") or "")
+    else:
+        present = os.path.isfile(meta.get("archive") or "")
+    if not meta or not present or not os.path.isfile(layout.torrent(tag)):
         raise LssdError(f"no torrent for tag {tag!r} on this minion: run lssd.create_torrent {tag} first")
     return meta
 
@@ -193,7 +232,8 @@ def seed_start(minion, tag, publish=True, publish_timeout=60):
         pass
     config = {
         "torrent": layout.torrent(tag),
-        "save_path": os.path.dirname(meta["archive"]),
+        "save_path": os.path.dirname(meta["archive"]) if meta.get("archive") else layout.archives,
+        "tree": _tree_files(meta),
         "tag": tag,
         "infohash": meta["infohash"],
         "nonce": uuid.uuid4().hex,
@@ -210,6 +250,14 @@ def seed_start(minion, tag, publish=True, publish_timeout=60):
     minion.fire(f"lssd/seeder/{tag}/start", {"tag": tag, "app": minion.app, "infohash": meta["infohash"],
                                              "size": meta["size"], "nonce": config["nonce"], "run_id": run_id})
     return started
+
+
+def _tree_files(meta):
+    """Where the seeder of a tree-mode torrent reads each file: the build itself (no copy), and
+    the manifest kept beside the archives. None in archive mode."""
+    if meta.get("mode") != "tree":
+        return None
+    return {"root": meta["root"], "manifest": meta["manifest"]}
 
 
 def seed_stop(minion, tag=None):

@@ -99,6 +99,18 @@ def _compression(value, name):
     return pack.check_compression(value)
 
 
+MODES = ("archive", "tree")
+
+
+def _deploy_mode(value, name):
+    if value not in MODES:
+        raise LssdError(
+            f"{name} {value!r} is not a deploy mode; allowed: archive (one packed archive, the "
+            "default) or tree (the build's own files, piece-aligned, for delta deploys)"
+        )
+    return value
+
+
 def _owner(value, name):
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise LssdError(f"{name} {value!r} must be a user or group name or a numeric id")
@@ -166,6 +178,7 @@ TABLE = {
     "path_is_file": (False, _bool),
     "exclude": (pack.DEFAULT_EXCLUDE, _exclude),
     "compression": (pack.DEFAULT_COMPRESSION, _compression),
+    "mode": ("archive", _deploy_mode),
     "rebuild": (False, _bool),
     "destination_path": (REQUIRED, _absolute),
     "destination_owner": ("root", _optional(_owner)),

@@ -7,6 +7,11 @@ their neighbours, then exits by itself. Installing the archive is not done here:
 waiting on the peer verifies the SHA-256 and installs it (install.py), so a failed install
 never takes the swarm down with it.
 
+A tree-mode torrent (see ``tree``) is served from the build directory itself and downloaded
+into the directory the job names; with ``manifest_first`` the peer fetches the manifest alone
+and waits for the job to place the files this host holds (``delta``) before it wants the rest.
+Its lingering is a separate seed-only process over the installed tree (``_LingerLoop``).
+
 Both are driven from libtorrent's alert loop; every second a ``state_update_alert`` (asked for
 with ``post_torrent_updates``) refreshes ``state.json`` for ``lssd.status`` and for the
 waiting job.
@@ -183,16 +188,34 @@ def run(role, reporter):
     # Not auto-managed: libtorrent's queueing must never pause our one torrent.
     atp.flags &= ~lt.torrent_flags.auto_managed
     atp.flags &= ~lt.torrent_flags.paused
-    if role == "seeder":
-        # The archive was hashed moments ago to make the torrent; don't read it all again.
+    if config.get("tree"):
+        atp.renamed_files = tree_paths(ti.layout(), config["tree"]["root"], config["tree"]["manifest"])
+    if role == "seeder" or config.get("seed_only"):
+        # The data was hashed moments ago (to make the torrent, or to install it); don't read
+        # it all again. Each piece is still checked the first time a peer asks for it.
         atp.flags |= lt.torrent_flags.seed_mode
+    if config.get("manifest_first"):
+        # A delta deploy needs the manifest before it can place the files it already holds:
+        # only the first file is wanted until the job says go (see _PeerLoop.check_go).
+        atp.file_priorities = [_SLICE_PRIORITY] + [0] * (ti.num_files() - 1)
     handle = ses.add_torrent(atp)
     port = ses.listen_port()
     if config.get("ssl_cert"):
         handle.set_ssl_certificate(config["ssl_cert"], config["ssl_key"], config["ssl_dh"])
         port = ses.ssl_listen_port()
-    loop = _SeederLoop if role == "seeder" else _PeerLoop
+    loop = _SeederLoop if role == "seeder" else _LingerLoop if config.get("seed_only") else _PeerLoop
     loop(reporter, ses, handle, config, port).run()
+
+
+def tree_paths(files, root, manifest):
+    """libtorrent's ``renamed_files`` that read (or write) a tree-mode torrent's files where
+    they are: the manifest (the first file) at ``manifest``, every other file below ``root``
+    (pad files are never on disk). Absolute paths: the torrent's name plays no part."""
+    renamed = {0: manifest}
+    for index in range(1, files.num_files()):
+        if not files.file_flags(index) & files.flag_pad_file:
+            renamed[index] = os.path.join(root, files.file_path(index).split("/", 1)[1])
+    return renamed
 
 
 class _Loop:
@@ -262,6 +285,8 @@ class _Loop:
             elif isinstance(alert, lt.cache_flushed_alert):
                 if self.handle.status().is_seeding:
                     self.on_finished()
+                else:
+                    self.on_wanted_done()
             elif isinstance(alert, lt.tracker_error_alert):
                 self.tracker_error = _without_query(alert.message())
                 # libtorrent backs off for minutes after a refusal, but ours is usually brief:
@@ -317,6 +342,9 @@ class _Loop:
     def on_checked(self):
         pass
 
+    def on_wanted_done(self):
+        """Every wanted piece is on disk, but not all pieces are wanted."""
+
     def on_hash_failed(self, piece):
         pass
 
@@ -353,8 +381,11 @@ def _archive_identity(path):
 class _SeederLoop(_Loop):
     def __init__(self, *args):
         super().__init__(*args)
-        self.archive = os.path.join(self.config["save_path"], self.handle.torrent_file().name())
-        self.identity = _archive_identity(self.archive)
+        tree = self.config.get("tree")
+        name = self.handle.torrent_file().name()
+        self.archive = tree["root"] if tree else os.path.join(self.config["save_path"], name)
+        # A tree has no one identity to watch; its pieces are checked as they are first asked for.
+        self.identity = None if tree else _archive_identity(self.archive)
         self.reporter.report(status="seeding", port=self.port, archive=self.archive)
 
     def current_status(self):
@@ -363,7 +394,7 @@ class _SeederLoop(_Loop):
     def tick(self, now):
         # Pieces are hashed once, when the torrent is made (seed mode): an archive rewritten
         # since would be served as it is now, and peers would wait for pieces that never fit.
-        if _archive_identity(self.archive) != self.identity:
+        if self.identity is not None and _archive_identity(self.archive) != self.identity:
             self.reporter.report(archive_changed=True)
             raise LssdError(
                 f"archive {self.archive} changed on disk (size, mtime or inode) or cannot be read since "
@@ -373,10 +404,22 @@ class _SeederLoop(_Loop):
     def on_hash_failed(self, piece):
         # Seed mode checks each piece the first time a peer asks for it.
         self.reporter.report(archive_changed=True)
+        if self.config.get("tree"):
+            raise LssdError(
+                f"build tree {self.archive} changed since its torrent was made: piece {piece} "
+                f"({_piece_file(self.handle, piece)}) does not match the torrent; stopped seeding: a "
+                "tree-mode build must not change while it is seeded; make the torrent again "
+                "(lssd.create_torrent with rebuild) or bump the tag"
+            )
         raise LssdError(
             f"archive {self.archive} is corrupt: piece {piece} does not match the torrent; "
             "stopped seeding: make the torrent again (lssd.create_torrent)"
         )
+
+
+def _piece_file(handle, piece):
+    files = handle.torrent_file().layout()
+    return files.file_path(files.file_index_at_piece(piece))
 
 
 class _PeerLoop(_Loop):
@@ -394,7 +437,27 @@ class _PeerLoop(_Loop):
         self.deadline = time.time() + float(self.config.get("timeout", 3600)) + 30
         self.alone_since = None  # since when no peer is connected, while downloading
         self.last_done = (-1, 0.0)  # (total_done, when it last grew)
+        # Delta deploys: "manifest" while only the manifest is wanted, "placing" once it is on
+        # disk and the job places the files this host already holds, None after the go.
+        self.phase = "manifest" if self.config.get("manifest_first") else None
         self.reporter.report(status="downloading", port=self.port, progress=0.0)
+        self.update_slice(time.time())
+
+    def on_wanted_done(self):
+        if self.phase == "manifest":
+            self.phase = "placing"
+            self.reporter.report(status="manifest")
+
+    def check_go(self):
+        """Once the job has placed what it could (it writes ``go`` in the run directory): want
+        every file, and check them all, so the placed pieces count as had and only the rest
+        is downloaded."""
+        if not os.path.exists(os.path.join(self.reporter.run_dir, "go")):
+            return
+        self.phase = None
+        self.handle.prioritize_files([_REST_PRIORITY] * self.handle.torrent_file().num_files())
+        self.handle.force_recheck()
+        self.reporter.report(status="downloading")
         self.update_slice(time.time())
 
     def on_checked(self):
@@ -406,6 +469,10 @@ class _PeerLoop(_Loop):
         self.reporter.report(reused=max(0, st.total_done - fetched))
 
     def tick(self, now):
+        if self.phase == "placing":
+            self.check_go()
+            self.last_done = (-1, now)
+            return
         st = self.handle.status()
         if self.finished_at is not None or st.is_seeding:
             return
@@ -442,6 +509,8 @@ class _PeerLoop(_Loop):
         )
 
     def current_status(self):
+        if self.phase == "placing":
+            return "manifest"
         return "lingering" if self.finished_at else "downloading"
 
     def update_slice(self, now):
@@ -458,7 +527,9 @@ class _PeerLoop(_Loop):
         unevenly there, see bench/README.md), and no loss. Any failure leaves plain
         rarest-first: slices are an optimisation, never a reason to fail a download.
         """
-        if not self.slice_polls or self.slice_url is None or now < self.started + self.slice_polls[0]:
+        if self.phase or not self.slice_polls or self.slice_url is None:
+            return
+        if now < self.started + self.slice_polls[0]:
             return
         self.slice_polls.pop(0)
         try:
@@ -504,4 +575,32 @@ class _PeerLoop(_Loop):
     def run(self):
         super().run()
         if self.finished_at is not None:
+            self.reporter.report(status="done")
+
+
+class _LingerLoop(_Loop):
+    """Tree mode's lingering: seeds the installed tree (seed mode, no recheck: it was just
+    verified) for ``linger`` seconds, then exits. A piece that no longer matches (the tree
+    was changed after the install) ends it: the peer's deploy is done, only the sharing stops."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.until = self.started + float(self.config.get("linger", 30))
+        self.reporter.report(status="lingering", port=self.port, finished=self.started)
+
+    def current_status(self):
+        return "lingering"
+
+    def done(self):
+        return time.time() >= self.until
+
+    def on_hash_failed(self, piece):
+        raise LssdError(
+            f"the installed tree {self.config['tree']['root']} changed: piece {piece} "
+            f"({_piece_file(self.handle, piece)}) no longer matches the torrent; stopped lingering"
+        )
+
+    def run(self):
+        super().run()
+        if not self.error and not self.reporter.stopping:
             self.reporter.report(status="done")

@@ -1,4 +1,4 @@
-"""Making and reading the .torrent that names one deploy's archive.
+"""Making and reading the .torrent that names one deploy's archive (or, in tree mode, its files).
 
 Torrents are BitTorrent v1 (BEP 3, so any standard client can join) and private (BEP 27: no
 DHT, PEX or LSD; our tracker is the only source of peers). The .torrent travels to the peers
@@ -12,6 +12,7 @@ import time
 
 from salt_lssd import LssdError, __version__, bencode
 from salt_lssd.common import write_atomic
+from salt_lssd.tree import MANIFEST_NAME, PAD_DIR
 
 # Small pieces spread fastest through a fresh swarm: a peer can serve a piece to others as
 # soon as it has it, and the seeder's first copies reach more peers sooner. Measured on a
@@ -77,13 +78,29 @@ def make_torrent(archive, torrent_path, tracker, lssd=None, root_cert=None):
             if not block:
                 break
             hashes.append(hashlib.sha1(block).digest())
-    info = {
-        "length": size,
-        "name": os.path.basename(archive),
-        "piece length": piece_size,
-        "pieces": b"".join(hashes),
-        "private": 1,
-    }
+    info = {"length": size, "name": os.path.basename(archive), "piece length": piece_size,
+            "pieces": b"".join(hashes), "private": 1}
+    return _write(info, torrent_path, tracker, lssd, root_cert, size)
+
+
+def make_tree_torrent(name, files, piece_size, torrent_path, tracker, lssd=None, root_cert=None):
+    """Write a private multi-file v1 .torrent of ``files`` (``[(path, length, piece hashes)]``,
+    path None for the manifest), each padded to a piece boundary by a BEP 47 pad file."""
+    check_announce_url(tracker)
+    listed, hashes = [], []
+    for index, (path, length, pieces) in enumerate(files):
+        parts = [MANIFEST_NAME] if path is None else path.split("/")
+        listed.append({"length": length, "path": [p.encode("utf-8", "surrogateescape") for p in parts]})
+        hashes.extend(pieces)
+        pad = -length % piece_size
+        if pad and index < len(files) - 1:
+            listed.append({"attr": b"p", "length": pad, "path": [PAD_DIR.encode(), str(pad).encode()]})
+    info = {"files": listed, "name": name, "piece length": piece_size, "pieces": b"".join(hashes),
+            "private": 1}
+    return _write(info, torrent_path, tracker, lssd, root_cert, sum(f[1] for f in files))
+
+
+def _write(info, torrent_path, tracker, lssd, root_cert, size):
     if root_cert:
         info["ssl-cert"] = root_cert.encode("ascii") if isinstance(root_cert, str) else root_cert
     meta = {
@@ -98,16 +115,29 @@ def make_torrent(archive, torrent_path, tracker, lssd=None, root_cert=None):
     return {
         "torrent": os.path.abspath(torrent_path),
         "infohash": hashlib.sha1(bencode.encode(info)).hexdigest(),
-        "piece_size": piece_size,
-        "pieces": len(hashes),
+        "piece_size": info["piece length"],
+        "pieces": len(info["pieces"]) // 20,
         "size": size,
     }
 
 
-def read_torrent(data):
-    """Parse single-file .torrent bytes.
+def _size_of(info):
+    """(bytes of payload, files) of an info dictionary; pad files count for neither."""
+    if b"files" not in info:
+        return int(info[b"length"]), 1
+    files = [f for f in info[b"files"] if b"p" not in f.get(b"attr", b"")]
+    for entry in files:
+        parts = [p.decode("utf-8") for p in entry[b"path"]]
+        if not parts or any(p in ("", ".", "..") or "/" in p for p in parts):
+            raise ValueError(f"file path {parts!r} is not a relative path")
+    return sum(int(f[b"length"]) for f in files), len(files)
 
-    Returns ``{"infohash", "name", "size", "piece_size", "tracker", "lssd", "ssl"}``; ``lssd``
+
+def read_torrent(data):
+    """Parse .torrent bytes: a single-file torrent (archive mode) or a tree-mode one.
+
+    Returns ``{"infohash", "name", "size", "files", "piece_size", "tracker", "lssd", "ssl"}``
+    (``size``: payload bytes, pad files not counted; ``files``: 1 for a single file); ``lssd``
     is what :py:func:`make_torrent` kept (str keys and values), or ``{}``; ``ssl`` whether it
     is an SSL torrent (peers need the deploy's certificate).
     """
@@ -115,7 +145,7 @@ def read_torrent(data):
         meta = bencode.decode(data)
         info = meta[b"info"]
         name = info[b"name"].decode("utf-8")
-        size = int(info[b"length"])
+        size, files = _size_of(info)
         piece_size = int(info[b"piece length"])
         tracker = meta.get(b"announce", b"").decode("utf-8")
         lssd = {
@@ -123,13 +153,14 @@ def read_torrent(data):
             for k, v in meta.get(b"lssd", {}).items()
         }
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise LssdError(f"not a single-file v1 .torrent: {exc}") from None
+        raise LssdError(f"not an lssd v1 .torrent: {exc}") from None
     if "/" in name or name in ("", ".", ".."):
         raise LssdError(f"torrent names file {name!r}; a single plain file name is required")
     return {
         "infohash": hashlib.sha1(bencode.encode(info)).hexdigest(),
         "name": name,
         "size": size,
+        "files": files,
         "piece_size": piece_size,
         "tracker": tracker,
         "lssd": lssd,

@@ -26,3 +26,13 @@ def make_minion(tmp_path, tracker_port):
     yield make
     for loaders in made:
         stop_everything(loaders)
+
+
+@pytest.fixture
+def origin(make_minion, tracker_port):
+    """A minion running the tracker, which also seeds (see each module's ``seed``)."""
+    minion = make_minion("origin")
+    minion.modules.lssd.tracker_start(port=tracker_port, bind="127.0.0.1")
+    yield minion
+    minion.modules.lssd.seed_stop()
+    minion.modules.lssd.tracker_stop()

@@ -23,16 +23,6 @@ def build2(tmp_path):
     return make_build_tree(tmp_path / "build2", data_mb=1, seed=b"second")
 
 
-@pytest.fixture
-def origin(make_minion, tracker_port):
-    """A minion running the tracker, which also seeds (see ``seed``)."""
-    minion = make_minion("origin")
-    minion.modules.lssd.tracker_start(port=tracker_port, bind="127.0.0.1")
-    yield minion
-    minion.modules.lssd.seed_stop()
-    minion.modules.lssd.tracker_stop()
-
-
 def seed(origin, tag, files_path, rebuild=False):
     """Seed ``tag`` from ``files_path`` on the origin through the state; return its torrent info."""
     ret = origin.states.lssd.seeding(name=tag, files_path=str(files_path), rebuild=rebuild)

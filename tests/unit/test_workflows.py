@@ -100,6 +100,18 @@ def test_lookup_reads_the_published_entry_and_checks_it(fleet, built):
         mine.lookup_torrent(peer, "T1", nonce="other")
 
 
+def test_a_tree_mode_torrent_travels_compressed_and_reads_back(fleet, tmp_path):
+    build = make_build_tree(tmp_path / "build", data_mb=1)
+    made = fleet.minion("build01", seeder_files_path=build, tracker={"host": "127.0.0.1", "port": 6969}, mode="tree")
+    result = seeder.create_torrent(made, "T1")
+    entry = fleet.publish(made, "T1")
+    assert entry["encoding"] == "zlib"
+    assert len(entry["torrent"]) < len(base64.b64encode(open(result["torrent"], "rb").read()))
+    found = mine.lookup_torrent(fleet.minion("web1"), "T1")
+    assert found["info"]["lssd"]["mode"] == "tree" and found["info"]["infohash"] == result["infohash"]
+    assert found["info"]["files"] > 1 and found["data"] == open(result["torrent"], "rb").read()
+
+
 def test_lookup_refuses_an_entry_whose_torrent_does_not_match(fleet, built):
     entry = fleet.mine[mine.torrent_alias("T1")]["build01"]
     entry["sha256"] = "0" * 64

@@ -1,0 +1,83 @@
+"""Delta deploys: a peer places the files it already holds before a tree-mode download.
+
+Other tags of the same app installed here, with the manifest kept beside their install
+record, are the candidates: a map from each file's SHA-256 to where it is installed. No
+record is trusted for content: a candidate is copied while it is hashed, and kept only when
+its size and SHA-256 are what the new manifest wants, so a file changed on this host since
+its install is not reused (it is downloaded). Copies, never hardlinks: the new tag must not
+share inodes with a tag that may be changed or removed. libtorrent then checks every placed
+piece again before it counts it as had.
+"""
+
+import hashlib
+import os
+
+from salt_lssd import LssdError, inventory, tree
+from salt_lssd.pack import CHUNK
+
+
+def candidates(minion, tag):
+    """``{sha256: [installed path, ...]}`` of the regular files of this app's other installed
+    tags that kept a tree-mode manifest (newest install first)."""
+    found = {}
+    records = sorted(inventory.installed(minion).items(), key=lambda kv: -kv[1].get("installed", 0))
+    for other, record in records:
+        if other == tag:
+            continue
+        try:
+            with open(minion.layout.installed_manifest(other), "rb") as fh:
+                _, entries = tree.parse_manifest(fh.read(), record.get("sha256"))
+        except (OSError, LssdError):
+            continue  # an archive-mode install, or its manifest is gone or not the installed one
+        for entry in entries:
+            if entry.get("kind") == "file" and entry.get("size"):
+                found.setdefault(entry["sha256"], []).append(os.path.join(record["target"], entry["path"]))
+    return found
+
+
+def place(found, entries, tree_dir):
+    """Copy into ``tree_dir`` each file of ``entries`` a candidate holds with the same content;
+    returns (files placed, bytes placed)."""
+    files = placed = 0
+    for entry in entries:
+        if entry.get("kind") != "file" or not entry.get("size"):
+            continue
+        dest = os.path.join(tree_dir, entry["path"])
+        for source in found.get(entry["sha256"], ()):
+            if _copy_if_same(source, dest, entry["size"], entry["sha256"]):
+                files += 1
+                placed += entry["size"]
+                break
+    return files, placed
+
+
+def _copy_if_same(source, dest, size, sha256):
+    """Copy ``source`` to ``dest`` hashing it on the way (one read); keep the copy only if it
+    has ``size`` bytes with ``sha256``. Unreadable candidates are skipped."""
+    try:
+        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if os.fstat(src).st_size != size:
+            return False
+        os.makedirs(os.path.dirname(dest), 0o700, exist_ok=True)
+        digest = hashlib.sha256()
+        with open(dest, "wb") as out:
+            while True:
+                block = os.read(src, CHUNK)
+                if not block:
+                    break
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() == sha256 and os.path.getsize(dest) == size:
+            return True
+    except OSError:
+        pass
+    finally:
+        os.close(src)
+    try:
+        os.unlink(dest)
+    except OSError:
+        pass
+    return False

@@ -1,0 +1,145 @@
+"""tree.py, the tree-mode torrent, install_tree and delta placing, without a swarm."""
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+
+import pytest
+from lssd_testutil import EXCLUDED, make_build_tree, tree_manifest, without
+
+from salt_lssd import LssdError, bencode, delta, install, mine, settings, tree
+from salt_lssd import torrent as metainfo
+
+URL = "http://127.0.0.1:8998/announce"
+
+
+@pytest.fixture
+def build(tmp_path):
+    return pathlib.Path(make_build_tree(tmp_path / "build", data_mb=1))
+
+
+def built_torrent(build, tmp_path):
+    built = tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for)
+    made = metainfo.make_tree_torrent("R1", built["files"], built["piece_size"], str(tmp_path / "R1.torrent"), URL,
+                                      lssd={"tag": "R1", "mode": "tree", "sha256": built["sha256"]})
+    return built, made
+
+
+def test_files_are_piece_aligned_and_the_manifest_comes_first(build, tmp_path):
+    built, made = built_torrent(build, tmp_path)
+    with open(made["torrent"], "rb") as fh:
+        info = bencode.decode(fh.read())[b"info"]
+    piece = info[b"piece length"]
+    offset = 0
+    files = info[b"files"]
+    assert files[0][b"path"] == [tree.MANIFEST_NAME.encode()]
+    for index, entry in enumerate(files):
+        if b"attr" not in entry:
+            assert offset % piece == 0, entry  # every real file starts a piece
+        else:
+            assert entry[b"attr"] == b"p" and entry[b"path"][0] == b".pad"
+            assert files[index - 1].get(b"attr") is None
+        offset += entry[b"length"]
+    assert b"attr" not in files[-1]  # no pad after the last file
+    assert len(info[b"pieces"]) // 20 == -(-offset // piece)
+    read = metainfo.read_torrent(open(made["torrent"], "rb").read())
+    assert read["size"] == made["size"] == sum(length for _, length, _ in built["files"])
+    assert read["files"] == len(built["files"]) and read["lssd"]["mode"] == "tree"
+
+
+def test_the_manifest_lists_the_tree_as_packing_sees_it(build, tmp_path):
+    built, _ = built_torrent(build, tmp_path)
+    root, entries = tree.parse_manifest(built["manifest"], built["sha256"])
+    by_path = {e["path"]: e for e in entries}
+    assert set(by_path) == set(without(tree_manifest(build), EXCLUDED))
+    assert by_path["var/empty"]["kind"] == "dir"
+    assert by_path["lib/pkg/run"] == dict(by_path["lib/pkg/run"], kind="symlink", target="../../bin/app")
+    data = (build / "data" / "text.log").read_bytes()
+    assert by_path["data/text.log"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert by_path["bin/app"]["mode"] == 0o755 and by_path["lib/pkg/__init__.py"]["size"] == 0
+    assert root["mode"] == os.stat(build).st_mode & 0o7777
+    with pytest.raises(LssdError, match="the torrent says"):
+        tree.parse_manifest(built["manifest"] + b" ", built["sha256"])
+
+
+@pytest.mark.parametrize("name", [tree.MANIFEST_NAME, ".pad"])
+def test_reserved_names_are_refused(build, tmp_path, name):
+    (build / name).write_bytes(b"x")
+    with pytest.raises(LssdError, match=f"the name '{name}' is reserved in tree mode.*mode archive"):
+        tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for)
+
+
+def test_what_packing_refuses_tree_mode_refuses(build, tmp_path):
+    os.symlink("/etc/passwd", build / "escape")
+    with pytest.raises(LssdError, match="points outside files_path"):
+        tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for)
+
+
+def test_mode_setting_names_the_value_and_what_is_allowed():
+    assert settings.check("mode", "tree") == "tree" and settings.default("mode") == "archive"
+    with pytest.raises(LssdError, match=r"lssd:mode 'zip' is not a deploy mode; allowed: archive .* or tree"):
+        settings.check("mode", "zip")
+
+
+def test_too_big_a_torrent_names_the_count_size_and_limit(monkeypatch):
+    monkeypatch.setattr(mine, "MAX_TORRENT_TEXT", 100)
+    with pytest.raises(LssdError, match=r"\(7 files and directories\) takes \d+ bytes .* limit of 100 bytes.*'archive'"):
+        mine.check_torrent_size(os.urandom(200), 7)
+
+
+def downloaded(build, tmp_path):
+    """What a finished download holds: the tree's non-empty files below a staging directory."""
+    built, _ = built_torrent(build, tmp_path)
+    source = tmp_path / "staging" / "R1"
+    for path, _, _ in built["files"][1:]:
+        os.makedirs(os.path.dirname(source / path), exist_ok=True)
+        shutil.copyfile(build / path, source / path)
+    return tree.parse_manifest(built["manifest"], built["sha256"]), source
+
+
+def test_install_tree_builds_what_the_manifest_says(build, tmp_path):
+    manifest, source = downloaded(build, tmp_path)
+    dest = tmp_path / "dest"
+    result = install.install_tree(str(source), manifest, str(dest), "R1", owner=None, group=None)
+    assert tree_manifest(dest / "R1") == without(tree_manifest(build), EXCLUDED)
+    assert sorted(os.listdir(dest)) == ["R1"] and result["files"] == len(manifest[1])
+
+
+@pytest.mark.parametrize("spoil", ["extra", "changed", "escaping-link"])
+def test_install_tree_refuses_and_leaves_nothing(build, tmp_path, spoil):
+    (root, entries), source = downloaded(build, tmp_path)
+    if spoil == "extra":
+        (source / "planted").write_bytes(b"x")
+        match = "'planted' is in the download but not in the manifest"
+    elif spoil == "changed":
+        (source / "data" / "text.log").write_bytes(b"other")
+        match = "file 'data/text.log' has 5 bytes .* the manifest says"
+    else:
+        entries = entries + [{"path": "zz", "kind": "symlink", "mode": 0o777, "mtime": 0, "target": "../../x"}]
+        match = "points outside the target"
+    dest = tmp_path / "dest"
+    with pytest.raises(LssdError, match=match):
+        install.install_tree(str(source), (root, entries), str(dest), "R1", owner=None, group=None)
+    assert os.listdir(dest) == []
+
+
+def test_a_candidate_is_placed_only_if_its_content_matches(tmp_path):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_bytes(b"same bytes")
+    bad.write_bytes(b"same bytez")  # same size, other content
+    want = {"path": "a/b", "kind": "file", "size": 10, "sha256": hashlib.sha256(b"same bytes").hexdigest()}
+    found = {want["sha256"]: [str(bad), str(tmp_path / "missing"), str(good)]}
+    assert delta.place(found, [want], str(tmp_path / "tree")) == (1, 10)
+    assert (tmp_path / "tree" / "a" / "b").read_bytes() == b"same bytes"
+    assert os.stat(tmp_path / "tree" / "a" / "b").st_ino != os.stat(good).st_ino  # a copy, never a link
+    assert delta.place({want["sha256"]: [str(bad)]}, [want], str(tmp_path / "other")) == (0, 0)
+    assert not (tmp_path / "other" / "a" / "b").exists()
+
+
+def test_manifest_is_deterministic(build, tmp_path):
+    first, _ = built_torrent(build, tmp_path)
+    again = tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for)
+    assert first["manifest"] == again["manifest"]
+    assert json.loads(first["manifest"])["version"] == tree.MANIFEST_VERSION
