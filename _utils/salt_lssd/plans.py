@@ -14,7 +14,8 @@ from salt_lssd import LssdError, deploy, install, inventory, procs, releases, se
 from salt_lssd.common import validate_tag
 from salt_lssd.settings import check, number
 
-DEPLOYED_FIELDS = ("target", "sha256", "bytes", "seconds", "rate", "from_seeder", "from_peers")
+DEPLOYED_FIELDS = ("target", "mode", "sha256", "bytes", "seconds", "rate", "from_seeder", "from_peers", "reused",
+                   "downloaded")
 
 
 def _plan(comment, steps=(), changes=None):

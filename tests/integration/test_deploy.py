@@ -6,6 +6,7 @@ directories (the ``case`` fixture), and nothing it checks depends on an earlier 
 
 import json
 import os
+import shutil
 import stat
 import time
 
@@ -96,6 +97,32 @@ def test_an_app_deploys_in_its_own_namespace_end_to_end(lssd_env, case):
         assert not (records / "installed" / f"{case.tag}.json").exists()
     assert lssd_env.call("seeder", "lssd.torrent_info", case.tag, app="shop")["seeding"] is False
     assert lssd_env.running_roles() <= {"peer"}
+    wait_until(lambda: not lssd_env.processes(), LINGER + 60, "the lingering peers to exit")
+
+
+def test_tree_mode_deploys_through_the_orchestrate_and_a_bump_moves_only_the_change(lssd_env, case):
+    # lssd:mode tree end to end: the seeder's tree torrent travels (compressed) through the
+    # real mine, each peer installs the build itself; the next tag, one file changed, reuses
+    # the rest from the tag each peer holds.
+    first, second = case.tags(2)
+    build = case.dir / "build"
+    shutil.copytree(lssd_env.build, build, symlinks=True)
+    case.pillar(mode="tree", seeder_files_path=str(build))
+    changed = build / "lib" / "pkg" / "mod.py"
+    states = assert_ok(lssd_env.orchestrate(pillar={"lssd": {"tag": first}}))
+    expected = without(tree_manifest(build))
+    for peer, results in minion_states(states["lssd-peers"]).items():
+        (deployed,) = results.values()
+        assert deployed["changes"]["deployed"]["mode"] == "tree", deployed
+        assert_installed(case, peer, first, expected)
+    changed.write_bytes(b"def f(x):\n    return x * 3\n" * 200)
+    states = assert_ok(lssd_env.orchestrate(pillar={"lssd": {"tag": second}}))
+    expected = without(tree_manifest(build))
+    for peer, results in minion_states(states["lssd-peers"]).items():
+        (deployed,) = results.values()
+        summary = deployed["changes"]["deployed"]
+        assert summary["reused"] > 0 and summary["downloaded"] < summary["reused"], summary
+        assert_installed(case, peer, second, expected)
     wait_until(lambda: not lssd_env.processes(), LINGER + 60, "the lingering peers to exit")
 
 
