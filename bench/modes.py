@@ -17,6 +17,7 @@ reused from A and what they downloaded.
 host's link; 0 leaves loopback uncapped, where CPU per byte and disk decide.
 
     .venv/bin/python bench/modes.py --peers 8 --size-mb 512 --modes archive,tree --repeat 3
+    .venv/bin/python bench/modes.py --peers 8 --size-mb 512 --compression none --repeat 3
     .venv/bin/python bench/modes.py --peers 8 --size-mb 256 --delta-percent 5 --rate-mbit 50
     .venv/bin/python bench/modes.py --peers 8 --small-files 20000 --modes archive,tree
 
@@ -93,32 +94,27 @@ def hash_baseline(root):
     return time.monotonic() - started
 
 
-def _peer(conn, root, name, port, config, tag, dest):
-    """One peer, in a process of its own: its loader is ready before the clock starts; it
-    deploys once it is sent the torrent and t0, and sends back (seconds since t0, summary)."""
+def _peer(conn, root, name, port, config, dest):
+    """One peer, in a process of its own for the whole run: its loader is made once (making
+    one wipes the minion's cachedir, its install records included) and ready before any clock
+    starts. For each (tag, torrent, t0) it is sent it deploys and sends back (seconds since
+    t0, summary); None ends it."""
     loaders = minion_loaders(root, name, port, **config)
     conn.send("ready")
-    torrent, t0 = conn.recv()
-    try:
-        summary = loaders.modules.lssd.peer(tag, destination_path=dest, torrent=torrent)
-        conn.send((time.time() - t0, summary))
-    except Exception as exc:  # pylint: disable=broad-except
-        conn.send((None, {"error": str(exc)}))
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        tag, torrent, t0 = job
+        try:
+            summary = loaders.modules.lssd.peer(tag, destination_path=dest, torrent=torrent)
+            conn.send((time.time() - t0, summary))
+        except Exception as exc:  # pylint: disable=broad-except
+            conn.send((None, {"error": str(exc)}))
 
 
-def deploy(work, port, tracker, build, tag, peers, config):
-    """One deploy of ``build`` as ``tag`` to ``peers`` peers; returns its record."""
-    context = multiprocessing.get_context("fork")
-    workers = []
-    for i in range(peers):
-        parent, child = context.Pipe()
-        proc = context.Process(target=_peer, args=(child, work, f"peer{i}", port, config, tag,
-                                                   os.path.join(work, f"dest{i}")))
-        proc.start()
-        workers.append((proc, parent))
-    for _, conn in workers:
-        conn.recv()
-    seeder = minion_loaders(work, "seeder", port, seeder_files_path=build, **config)
+def deploy(work, port, tracker, seeder, tag, workers):
+    """One deploy of the seeder's build as ``tag`` to the ``workers``; returns its record."""
     t0 = time.time()
     made = seeder.modules.lssd.create_torrent(tag)
     prepared = time.time() - t0
@@ -126,10 +122,8 @@ def deploy(work, port, tracker, build, tag, peers, config):
     seeder.modules.lssd.seed_start(tag, publish=False)
     seeding = time.time() - t0
     for _, conn in workers:
-        conn.send((made["torrent"], t0))
+        conn.send((tag, made["torrent"], t0))
     results = [conn.recv() for _, conn in workers]
-    for proc, _ in workers:
-        proc.join()
     failed = [summary["error"] for end, summary in results if end is None]
     if failed:
         raise SystemExit(f"bench/modes.py: {len(failed)} peers failed: {failed[0]}")
@@ -155,14 +149,34 @@ def one_run(args, mode, builds, rate):
     config = {"linger": 60, "timeout": 900}
     if mode != "archive":
         config["mode"] = mode
+    elif args.compression:
+        config["compression"] = args.compression
     if rate:
-        # Every host's uplink: the seeder's and the peers' upload alike.
-        config["libtorrent_settings"] = {"upload_rate_limit": rate}
+        # Every host's uplink, the seeder's and the peers' alike; libtorrent exempts peers on
+        # local networks (all of them here) from its limits unless told otherwise.
+        config["libtorrent_settings"] = {"upload_rate_limit": rate, "ignore_limits_on_local_network": False}
+    context = multiprocessing.get_context("fork")
+    workers = []
+    for i in range(args.peers):
+        parent, child = context.Pipe()
+        proc = context.Process(target=_peer, args=(child, work, f"peer{i}", port, config,
+                                                   os.path.join(work, f"dest{i}")))
+        proc.start()
+        workers.append((proc, parent))
+    for _, conn in workers:
+        conn.recv()
     tracker = minion_loaders(work, "tracker", port)
     tracker.modules.lssd.tracker_start(port=port, bind="127.0.0.1")
     try:
-        return [deploy(work, port, tracker, build, tag, args.peers, config) for tag, build in builds]
+        records = []
+        for tag, build in builds:
+            seeder = minion_loaders(work, "seeder", port, seeder_files_path=build, **config)
+            records.append(deploy(work, port, tracker, seeder, tag, workers))
+        return records
     finally:
+        for proc, conn in workers:
+            conn.send(None)
+            proc.join()
         names = [f"peer{i}" for i in range(args.peers)] + ["seeder"]
         for loaders in [minion_loaders(work, name, port) for name in names] + [tracker]:
             stop_everything(loaders)
@@ -176,6 +190,7 @@ def main():
     parser.add_argument("--small-files", type=int, default=0, help="instead: this many small files")
     parser.add_argument("--small-kb", type=int, default=4)
     parser.add_argument("--modes", default="archive,tree")
+    parser.add_argument("--compression", help="archive mode's compression (default: lssd's, zstd)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--delta-percent", type=float, default=0)
     parser.add_argument("--rate-mbit", type=float, default=0)
