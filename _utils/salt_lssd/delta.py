@@ -42,13 +42,21 @@ def place(found, entries, tree_dir):
     for entry in entries:
         if entry.get("kind") != "file" or not entry.get("size"):
             continue
-        dest = os.path.join(tree_dir, entry["path"])
+        dest = os.path.join(tree_dir, _relative(entry["path"]))
         for source in found.get(entry["sha256"], ()):
             if _copy_if_same(source, dest, entry["size"], entry["sha256"]):
                 files += 1
                 placed += entry["size"]
                 break
     return files, placed
+
+
+def _relative(path):
+    """``path`` if it stays inside the tree. Placing runs before the install's own checks of
+    the manifest, so it refuses what they refuse rather than write outside the staging tree."""
+    if not isinstance(path, str) or "\0" in path or path.startswith("/") or ".." in path.split("/"):
+        raise LssdError(f"manifest entry {path!r} is not a path inside the tree; nothing was installed")
+    return path
 
 
 def _copy_if_same(source, dest, size, sha256):

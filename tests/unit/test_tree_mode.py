@@ -143,3 +143,14 @@ def test_manifest_is_deterministic(build, tmp_path):
     again = tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for)
     assert first["manifest"] == again["manifest"]
     assert json.loads(first["manifest"])["version"] == tree.MANIFEST_VERSION
+
+
+@pytest.mark.parametrize("path", ["../outside", "/etc/outside", "a/../../outside", "a\0b"])
+def test_placing_refuses_a_manifest_path_that_leaves_the_tree(tmp_path, path):
+    source = tmp_path / "held"
+    source.write_bytes(b"same bytes")
+    want = {"path": path, "kind": "file", "size": 10, "sha256": hashlib.sha256(b"same bytes").hexdigest()}
+    (tmp_path / "stage" / "tree").mkdir(parents=True)
+    with pytest.raises(LssdError, match="is not a path inside the tree"):
+        delta.place({want["sha256"]: [str(source)]}, [want], str(tmp_path / "stage" / "tree"))
+    assert not (tmp_path / "stage" / "outside").exists() and not (tmp_path / "outside").exists()
