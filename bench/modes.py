@@ -151,10 +151,13 @@ def one_run(args, mode, builds, rate):
         config["mode"] = mode
     elif args.compression:
         config["compression"] = args.compression
+    lt_settings = dict(args.libtorrent_settings)
     if rate:
         # Every host's uplink, the seeder's and the peers' alike; libtorrent exempts peers on
         # local networks (all of them here) from its limits unless told otherwise.
-        config["libtorrent_settings"] = {"upload_rate_limit": rate, "ignore_limits_on_local_network": False}
+        lt_settings.update(upload_rate_limit=rate, ignore_limits_on_local_network=False)
+    if lt_settings:
+        config["libtorrent_settings"] = lt_settings
     context = multiprocessing.get_context("fork")
     workers = []
     for i in range(args.peers):
@@ -194,6 +197,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--delta-percent", type=float, default=0)
     parser.add_argument("--rate-mbit", type=float, default=0)
+    parser.add_argument("--libtorrent-settings", type=json.loads, default={},
+                        help='JSON settings for every process, e.g. \'{"file_pool_size": 4000}\'')
     parser.add_argument("--workdir", help="where builds and minions go (default: the temp dir)")
     parser.add_argument("--out", help="write the records here (JSON)")
     args = parser.parse_args()
