@@ -83,7 +83,12 @@ def test_bound_and_efficiency(records):
     for r in records:
         assert r["T_min"] == pytest.approx(expected, abs=0.01)
         assert 0 < r["efficiency"] <= 1.05
-        assert r["efficiency"] == pytest.approx(r["T_min"] / r["T_last"], rel=0.02, abs=0.01)
+        # T_min and T_last are recorded to 0.01 s and the efficiency to 0.001, from the unrounded
+        # times: on a sub-second run the rounding alone moves T_min / T_last by a few percent.
+        half = 0.005
+        low = (r["T_min"] - half) / (r["T_last"] + half) - 0.0005
+        high = (r["T_min"] + half) / (r["T_last"] - half) + 0.0005
+        assert low <= r["efficiency"] <= high, r
 
 
 def test_seeder_upload_and_cpu(records):
