@@ -130,12 +130,22 @@ def deploy(work, port, tracker, seeder, tag, workers):
     seeder.modules.lssd.seed_stop(tag)
     run_dir = os.path.join(work, "seeder", "cache", "lssd", "run", f"seeder-{tag}")
     uploaded = procs.state(run_dir).get("uploaded", 0)
+    peer_states = [procs.state(os.path.join(work, f"peer{i}", "cache", "lssd", "run", f"peer-{tag}"))
+                   for i in range(len(workers))]
     ends = sorted(end for end, _ in results)
     summaries = [summary for _, summary in results]
     return {
         "tag": tag, "size": made["size"], "prepare_s": round(prepared, 2), "seeding_s": round(seeding, 2),
         "T_first": round(ends[0], 2), "T_median": round(statistics.median(ends), 2), "T_last": round(ends[-1], 2),
         "install_s_median": statistics.median(s.get("install_seconds") or 0 for s in summaries),
+        "download_s_median": statistics.median(s.get("seconds") or 0 for s in summaries),
+        "seeder_hash_s": made.get("pack_seconds"), "seeder_torrent_s": made.get("hash_seconds"),
+        "from_seeder_sum": sum(s.get("from_seeder") or 0 for s in summaries),
+        "downloaded_sum": sum(s.get("downloaded") or 0 for s in summaries),
+        "redundant_sum": sum(st.get("redundant") or 0 for st in peer_states),
+        "failed_sum": sum(st.get("failed") or 0 for st in peer_states),
+        "slices": [st.get("slice") or st.get("slice_error") for st in peer_states],
+        "from_seeder": [s.get("from_seeder") for s in summaries],
         "seeder_upload_bytes": uploaded,
         "reused_bytes_median": statistics.median(s.get("reused") or 0 for s in summaries),
         "downloaded_bytes_max": max((s.get("from_seeder") or 0) + (s.get("from_peers") or 0) for s in summaries),

@@ -6,6 +6,7 @@ and pass it to the workflows (``seeder``, ``deploy``, ``tracker_role``, ``invent
 ``Minion`` over plain functions.
 """
 
+import glob
 import logging
 import os
 
@@ -33,6 +34,7 @@ class Minion:
         self._salt = salt
         self.settings = Settings(lambda key: salt["config.get"](key))
         self._app = app
+        self._opts = opts
 
     @property
     def app(self):
@@ -48,6 +50,9 @@ class Minion:
 
     def fire(self, tag, data):
         """Send an event to the master; progress is a courtesy, so a failure is only logged."""
+        if not event_bus_up(self._opts):
+            log.debug("lssd: no minion event bus here; not sending %s", tag)
+            return
         try:
             self._salt["event.send"](tag, data)
         except Exception as exc:  # pylint: disable=broad-except
@@ -85,3 +90,12 @@ class Minion:
         if not cached:
             raise LssdError(f"{url} could not be fetched from the master")
         return cached
+
+
+def event_bus_up(opts):
+    """False when no minion event bus listens here: Salt's default IPC mode, and no minion's
+    pull socket in ``sock_dir`` (``salt-call --local`` without a running salt-minion). Salt
+    would wait its 1 s connect timeout for every event sent there, and nothing receives it."""
+    if opts.get("ipc_mode", "ipc") != "ipc" or not opts.get("sock_dir"):
+        return True
+    return bool(glob.glob(os.path.join(glob.escape(opts["sock_dir"]), "minion_event_*_pull.ipc")))

@@ -245,6 +245,9 @@ class _Loop:
             "total_wanted": st.total_wanted,
             "downloaded": st.total_payload_download,
             "uploaded": st.all_time_upload,
+            # Bytes received twice (end game) and bytes of pieces that failed their hash check.
+            "redundant": st.total_redundant_bytes,
+            "failed": st.total_failed_bytes,
             "download_rate": st.download_payload_rate,
             "upload_rate": st.upload_payload_rate,
             "peers": st.num_peers,

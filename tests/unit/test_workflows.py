@@ -13,7 +13,7 @@ import pytest
 from lssd_testutil import make_build_tree
 from salt_lssd import LssdError, NotPublished, deploy, inventory, mine, plans, seeder, tag_grains
 from salt_lssd.common import Layout, read_json, write_json_atomic
-from salt_lssd.minion import Minion
+from salt_lssd.minion import Minion, event_bus_up
 
 
 class Fleet:
@@ -385,3 +385,13 @@ def test_rollback_plan_never_downloads_and_needs_current(releases_here, fleet):
     empty = fleet.minion("web3", destination_path=str(dest), current=True)
     with pytest.raises(LssdError, match=r"installed there: none"):
         plans.plan(empty, "rolled_back", "x")
+
+
+def test_events_go_only_where_a_minion_event_bus_listens(tmp_path):
+    # salt-call --local with no salt-minion running: no pull socket, so no 1 s wait per event.
+    opts = {"sock_dir": str(tmp_path)}
+    assert not event_bus_up(opts)
+    (tmp_path / "minion_event_0123abcd_pull.ipc").touch()
+    assert event_bus_up(opts)
+    # TCP IPC mode has no socket file to look for: events are sent as Salt would.
+    assert event_bus_up({"sock_dir": str(tmp_path / "none"), "ipc_mode": "tcp"})
