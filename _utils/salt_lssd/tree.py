@@ -12,6 +12,7 @@ to fit the mine. Only non-empty regular files travel as torrent files; directori
 and empty files are made from the manifest. ``install.install_tree`` is the other half.
 """
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ MANIFEST_NAME = ".lssd-manifest.json"
 PAD_DIR = ".pad"
 RESERVED = (MANIFEST_NAME, PAD_DIR)
 MANIFEST_VERSION = 1
+HASH_THREADS = min(8, os.cpu_count() or 1)
 # Where a tag's manifest is kept outside the tree: <tag><suffix> beside the seeder's archives
 # and beside a peer's install record (for delta deploys).
 MANIFEST_SUFFIX = ".lssd-manifest.json"
@@ -112,12 +114,16 @@ def build(files_path, archive_dir, piece_size_for, exclude=None):
     piece_size = piece_size_for(total)
     files = []
     last = ([e for e in regular if e["size"]] or [None])[-1]
-    for entry in regular:
-        path = os.path.join(files_path, entry["path"])
-        sha256, pieces = hash_file(path, entry["size"], piece_size, padded=entry is not last)
-        entry["sha256"] = sha256
-        if entry["size"]:
-            files.append((entry["path"], entry["size"], pieces))
+
+    def hashed(entry):
+        return hash_file(os.path.join(files_path, entry["path"]), entry["size"], piece_size, padded=entry is not last)
+
+    # hashlib lets go of the GIL while it hashes: one thread per core hashes files side by side.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        for entry, (sha256, pieces) in zip(regular, pool.map(hashed, regular)):
+            entry["sha256"] = sha256
+            if entry["size"]:
+                files.append((entry["path"], entry["size"], pieces))
     manifest = manifest_bytes(root, entries)
     blocks = [manifest[i : i + piece_size] for i in range(0, len(manifest), piece_size)]
     manifest_pieces = [hashlib.sha1(_zero_pad(b, piece_size) if last else b).digest() for b in blocks]
