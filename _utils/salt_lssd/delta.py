@@ -5,8 +5,9 @@ record, are the candidates: a map from each file's SHA-256 to where it is instal
 record is trusted for content: a candidate is copied while it is hashed, and kept only when
 its size and SHA-256 are what the new manifest wants, so a file changed on this host since
 its install is not reused (it is downloaded). Copies, never hardlinks: the new tag must not
-share inodes with a tag that may be changed or removed. libtorrent then checks every placed
-piece again before it counts it as had.
+share inodes with a tag that may be changed or removed. The download process then counts the
+placed files' pieces as had without reading them again (the manifest that named their
+SHA-256 came through the torrent), and the install checks every file once more.
 """
 
 import hashlib
@@ -37,18 +38,18 @@ def candidates(minion, tag):
 
 def place(found, entries, tree_dir):
     """Copy into ``tree_dir`` each file of ``entries`` a candidate holds with the same content;
-    returns (files placed, bytes placed)."""
-    files = placed = 0
+    returns (paths placed, bytes placed)."""
+    paths, placed = [], 0
     for entry in entries:
         if entry.get("kind") != "file" or not entry.get("size"):
             continue
         dest = os.path.join(tree_dir, _relative(entry["path"]))
         for source in found.get(entry["sha256"], ()):
             if _copy_if_same(source, dest, entry["size"], entry["sha256"]):
-                files += 1
+                paths.append(entry["path"])
                 placed += entry["size"]
                 break
-    return files, placed
+    return paths, placed
 
 
 def _relative(path):

@@ -378,5 +378,6 @@ def wait_for_download(minion, tag, run_dir, archive, timeout, size=None, until=(
             next_event = now + progress_interval
         # Every waiting job polls; Salt's processes share the cores with the swarm on small
         # hosts. Once a second until the end is near, then 5 Hz so completion is seen
-        # promptly (the process reports it the moment it happens).
-        time.sleep(0.2 if (state.get("progress") or 0) >= 90 else 1.0)
+        # promptly (the process reports it the moment it happens), and while a delta deploy
+        # waits for the manifest alone (a few pieces: the files are placed once it is here).
+        time.sleep(0.2 if "manifest" in until or (state.get("progress") or 0) >= 90 else 1.0)

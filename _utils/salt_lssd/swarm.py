@@ -9,7 +9,8 @@ never takes the swarm down with it.
 
 A tree-mode torrent (see ``tree``) is served from the build directory itself and downloaded
 into the directory the job names; with ``manifest_first`` the peer fetches the manifest alone
-and waits for the job to place the files this host holds (``delta``) before it wants the rest.
+and waits for the job to place the files this host holds (``delta``) before it wants the rest,
+those files' pieces counted as had.
 Its lingering is a separate seed-only process over the installed tree (``_LingerLoop``).
 
 Both are driven from libtorrent's alert loop; every second a ``state_update_alert`` (asked for
@@ -18,6 +19,7 @@ waiting job.
 """
 
 import errno
+import json
 import os
 import re
 import time
@@ -182,6 +184,15 @@ def run(role, reporter):
         # port scan finds nothing that speaks plain BitTorrent.
         listen = ",".join(part.strip() + "s" for part in listen.split(","))
     ses = lt.session(settings(role, listen, config.get("settings")))
+    handle, port = add_torrent(lt, ses, ti, config, role)
+    loop = _SeederLoop if role == "seeder" else _LingerLoop if config.get("seed_only") else _PeerLoop
+    loop(reporter, ses, handle, config, port).run()
+
+
+def add_torrent(lt, ses, ti, config, role, have=None):
+    """Add the one torrent of this process to ``ses``; returns (handle, listen port).
+    ``have``: piece flags libtorrent takes as had without checking them (a delta deploy's
+    placed files, each already checked against the manifest)."""
     atp = lt.add_torrent_params()
     atp.ti = ti
     atp.save_path = config["save_path"]
@@ -198,13 +209,37 @@ def run(role, reporter):
         # A delta deploy needs the manifest before it can place the files it already holds:
         # only the first file is wanted until the job says go (see _PeerLoop.check_go).
         atp.file_priorities = [_SLICE_PRIORITY] + [0] * (ti.num_files() - 1)
+    if have is not None:
+        atp.have_pieces = have
     handle = ses.add_torrent(atp)
     port = ses.listen_port()
     if config.get("ssl_cert"):
         handle.set_ssl_certificate(config["ssl_cert"], config["ssl_key"], config["ssl_dh"])
         port = ses.ssl_listen_port()
-    loop = _SeederLoop if role == "seeder" else _LingerLoop if config.get("seed_only") else _PeerLoop
-    loop(reporter, ses, handle, config, port).run()
+    return handle, port
+
+
+def placed_pieces(files, placed):
+    """Piece flags of a tree torrent: True for a piece whose every file is the manifest (the
+    first file, downloaded and checked) or in ``placed`` (paths below the tree). Pad files
+    hold nothing; a piece shared with a file not placed is not had."""
+    length = files.piece_length()
+    have = [False] * files.num_pieces()
+    missing = set()
+    for index in range(files.num_files()):
+        size = files.file_size(index)
+        if not size or files.file_flags(index) & files.flag_pad_file:
+            continue
+        first, last = files.file_offset(index) // length, (files.file_offset(index) + size - 1) // length
+        held = index == 0 or files.file_path(index).split("/", 1)[-1] in placed
+        for piece in range(first, last + 1):
+            if held:
+                have[piece] = True
+            else:
+                missing.add(piece)
+    for piece in missing:
+        have[piece] = False
+    return have
 
 
 def tree_paths(files, root, manifest):
@@ -327,6 +362,7 @@ class _Loop:
                     next_update = now + 1.0
                     self.tick(now)
                 self.handle_alerts(lt)
+                self.poll()
                 if self.error:
                     raise LssdError(self.error)
         finally:
@@ -353,6 +389,9 @@ class _Loop:
 
     def tick(self, now):
         """Once a second: the checks that end the run with a reason (raise LssdError)."""
+
+    def poll(self):
+        """Every turn of the loop (at most 100 ms apart): what must not wait for the tick."""
 
     def on_status(self, st):
         self.reporter.report(status=self.current_status(), **self.status_fields(st))
@@ -452,14 +491,26 @@ class _PeerLoop(_Loop):
             self.reporter.report(status="manifest")
 
     def check_go(self):
-        """Once the job has placed what it could (it writes ``go`` in the run directory): want
-        every file, and check them all, so the placed pieces count as had and only the rest
-        is downloaded."""
-        if not os.path.exists(os.path.join(self.reporter.run_dir, "go")):
+        """Once the job has placed what it could (it writes ``go`` in the run directory, with
+        the placed files' paths): want every file, with the pieces of the placed files as had,
+        so only the rest is downloaded. The job hashed each placed file against the manifest
+        while it copied it, so libtorrent does not read them again: the torrent is added anew
+        with those pieces had (a running torrent has no call that marks pieces had unchecked)."""
+        import libtorrent as lt
+
+        path = os.path.join(self.reporter.run_dir, "go")
+        try:
+            with open(path, "rb") as fh:
+                placed = set(json.loads(fh.read() or b"{}").get("placed") or ())
+        except FileNotFoundError:
             return
+        except (OSError, ValueError) as exc:
+            raise LssdError(f"cannot read the job's go file {path}: {exc}") from None
         self.phase = None
-        self.handle.prioritize_files([_REST_PRIORITY] * self.handle.torrent_file().num_files())
-        self.handle.force_recheck()
+        ti = self.handle.torrent_file()
+        self.ses.remove_torrent(self.handle)
+        config = dict(self.config, manifest_first=False)
+        self.handle, _ = add_torrent(lt, self.ses, ti, config, "peer", have=placed_pieces(ti.layout(), placed))
         self.reporter.report(status="downloading")
         self.update_slice(time.time())
 
@@ -471,9 +522,12 @@ class _PeerLoop(_Loop):
         fetched = st.total_payload_download - st.total_redundant_bytes - st.total_failed_bytes
         self.reporter.report(reused=max(0, st.total_done - fetched))
 
-    def tick(self, now):
+    def poll(self):
         if self.phase == "placing":
             self.check_go()
+
+    def tick(self, now):
+        if self.phase == "placing":  # nothing is wanted while the job places files
             self.last_done = (-1, now)
             return
         st = self.handle.status()

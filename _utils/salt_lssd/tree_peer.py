@@ -4,14 +4,15 @@ libtorrent writes the torrent's files straight into a ``.<tag>.lssd-tmp-*`` dire
 the target (the same filesystem, and the name install's temporary trees have), so the install
 moves files instead of extracting them. With other tags of the app installed here, the
 download first fetches the manifest alone, the files it names that this host already holds
-are copied in (``delta``), and only then is the rest wanted: libtorrent's check finds the
-placed pieces and downloads the others. The download process ends when it completes (its
+are copied in (``delta``), and only then is the rest wanted: the download process counts the
+placed files' pieces as had and downloads the others. The download process ends when it completes (its
 files are about to move); a lingering seeder then serves the installed tree itself (seed
 mode, its pieces checked on first request) for ``linger`` seconds. On any failure the
 temporary directories are removed and the download process is stopped: nothing is left at
 the target.
 """
 
+import json
 import os
 import tempfile
 import time
@@ -67,8 +68,8 @@ def _download(minion, tag, data, info, meta, staging, timeout, lt_settings, run_
                                      until=("manifest", "lingering", "done"), deadline=deadline)
     if state.get("status") == "manifest":  # (a torrent of the manifest alone is complete already)
         manifest = _read_manifest(tree_dir, meta)
-        _, reused = delta.place(found, manifest["parsed"][1], tree_dir)
-        write_atomic(os.path.join(run_dir, "go"), b"")
+        placed, reused = delta.place(found, manifest["parsed"][1], tree_dir)
+        write_atomic(os.path.join(run_dir, "go"), json.dumps({"placed": placed}).encode())
         state = deploy.wait_for_download(minion, tag, run_dir, None, timeout, info["size"], deadline=deadline)
     procs.stop(run_dir)  # it ends by itself (linger 0); its files must not be open while they move
     if manifest is None:

@@ -1,4 +1,5 @@
-"""swarm.py's piece slices: the priorities for a peer's rank and the tracker URL to ask it at."""
+"""swarm.py's piece slices (the priorities for a peer's rank and the tracker URL to ask it at), and
+the pieces a delta deploy counts as had."""
 
 import subprocess
 import sys
@@ -91,3 +92,32 @@ def test_slice_functions_need_no_libtorrent():
 def test_priorities_are_libtorrents_range():
     # libtorrent piece priorities are 0 (skip) .. 7 (top); 0 would never download a piece.
     assert 0 < swarm._REST_PRIORITY < swarm._SLICE_PRIORITY <= 7
+
+
+def _layout(files, piece_length):
+    """A file_storage of ``files`` ((path, size, pad?)) below the torrent name "t"."""
+    import libtorrent as lt
+
+    layout = lt.file_storage()
+    for path, size, pad in files:
+        layout.add_file(f"t/{path}", size, flags=lt.file_storage.flag_pad_file if pad else 0)
+    layout.set_piece_length(piece_length)
+    layout.set_num_pieces(-(-layout.total_size() // piece_length))
+    return layout
+
+
+def test_placed_pieces_are_the_manifest_and_the_placed_files_only():
+    block = 16384
+    layout = _layout([(".lssd-manifest.json", 100, False), (".pad/16284", block - 100, True),
+                      ("a", 20000, False), (".pad/12768", 2 * block - 20000, True),
+                      ("b", 5000, False)], block)
+    assert swarm.placed_pieces(layout, {"a"}) == [True, True, True, False]
+    assert swarm.placed_pieces(layout, set()) == [True, False, False, False]
+    assert swarm.placed_pieces(layout, {"a", "b"}) == [True] * 4
+
+
+def test_a_piece_shared_with_a_file_not_placed_is_not_had():
+    # Without pad files two files share a piece: placing one of them does not make it whole.
+    layout = _layout([(".lssd-manifest.json", 16384, False), ("c", 10000, False), ("d", 10000, False)], 16384)
+    assert swarm.placed_pieces(layout, {"c"}) == [True, False, False]
+    assert swarm.placed_pieces(layout, {"c", "d"}) == [True, True, True]

@@ -131,10 +131,10 @@ def test_a_candidate_is_placed_only_if_its_content_matches(tmp_path):
     bad.write_bytes(b"same bytez")  # same size, other content
     want = {"path": "a/b", "kind": "file", "size": 10, "sha256": hashlib.sha256(b"same bytes").hexdigest()}
     found = {want["sha256"]: [str(bad), str(tmp_path / "missing"), str(good)]}
-    assert delta.place(found, [want], str(tmp_path / "tree")) == (1, 10)
+    assert delta.place(found, [want], str(tmp_path / "tree")) == ([want["path"]], 10)
     assert (tmp_path / "tree" / "a" / "b").read_bytes() == b"same bytes"
     assert os.stat(tmp_path / "tree" / "a" / "b").st_ino != os.stat(good).st_ino  # a copy, never a link
-    assert delta.place({want["sha256"]: [str(bad)]}, [want], str(tmp_path / "other")) == (0, 0)
+    assert delta.place({want["sha256"]: [str(bad)]}, [want], str(tmp_path / "other")) == ([], 0)
     assert not (tmp_path / "other" / "a" / "b").exists()
 
 
