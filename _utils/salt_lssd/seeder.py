@@ -68,7 +68,7 @@ def create_torrent(minion, tag, files_path=None, tracker=None, compression=None,
     layout = minion.layout
     started = time.time()
     if mode == "tree":
-        packed = tree.build(files_path, layout.archives, metainfo.piece_size_for, exclude)
+        packed = tree.build(files_path, layout.archives, metainfo.piece_size_for_files, exclude)
     else:
         packed = pack.pack(files_path, layout.archives, tag, compression=compression, exclude=exclude,
                            path_is_file=path_is_file)

@@ -36,6 +36,21 @@ def piece_size_for(size):
     return piece
 
 
+def piece_size_for_files(sizes):
+    """The piece size for a tree-mode torrent of files of ``sizes`` bytes, each starting a
+    piece: the smallest power of two >= MIN_PIECE_SIZE whose pieces, counted per file, stay
+    within MAX_PIECES, or past which a larger size saves no piece (a tree of more files than
+    that). Larger pieces cost a tree little on the wire: pad bytes are never requested."""
+
+    def count(piece):
+        return sum(-(-size // piece) for size in sizes)
+
+    piece = MIN_PIECE_SIZE
+    while count(piece) > MAX_PIECES and count(piece * 2) < count(piece):
+        piece *= 2
+    return piece
+
+
 def announce_url(host, port, passkey=None):
     """Announce URL of our tracker (``?passkey=<hex>`` with a passkey); built by the tracker's
     client module, which also derives the /slice URL from it, so the two cannot drift."""

@@ -103,6 +103,7 @@ def manifest_bytes(root, entries):
 
 def build(files_path, archive_dir, piece_size_for, exclude=None):
     """Scan and hash the tree: what the torrent and its manifest are made of.
+    ``piece_size_for`` gets the regular files' sizes (``torrent.piece_size_for_files``).
 
     Returns ``root`` (the absolute tree), ``manifest`` (bytes), ``sha256`` (of the manifest),
     ``piece_size``, ``files`` (``[(relative path or None for the manifest, length, [piece
@@ -111,7 +112,7 @@ def build(files_path, archive_dir, piece_size_for, exclude=None):
     files_path, root, entries = scan(files_path, archive_dir, exclude)
     regular = [e for e in entries if e["kind"] == "file"]
     total = sum(e["size"] for e in regular)
-    piece_size = piece_size_for(total)
+    piece_size = piece_size_for([e["size"] for e in regular])
     files = []
     last = ([e for e in regular if e["size"]] or [None])[-1]
 

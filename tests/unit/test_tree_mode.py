@@ -21,7 +21,7 @@ def build(tmp_path):
 
 
 def built_torrent(build, tmp_path):
-    built = tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for)
+    built = tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for_files)
     made = metainfo.make_tree_torrent("R1", built["files"], built["piece_size"], str(tmp_path / "R1.torrent"), URL,
                                       lssd={"tag": "R1", "mode": "tree", "sha256": built["sha256"]})
     return built, made
@@ -68,13 +68,13 @@ def test_the_manifest_lists_the_tree_as_packing_sees_it(build, tmp_path):
 def test_reserved_names_are_refused(build, tmp_path, name):
     (build / name).write_bytes(b"x")
     with pytest.raises(LssdError, match=f"the name '{name}' is reserved in tree mode.*mode archive"):
-        tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for)
+        tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for_files)
 
 
 def test_what_packing_refuses_tree_mode_refuses(build, tmp_path):
     os.symlink("/etc/passwd", build / "escape")
     with pytest.raises(LssdError, match="points outside files_path"):
-        tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for)
+        tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for_files)
 
 
 def test_mode_setting_names_the_value_and_what_is_allowed():
@@ -140,7 +140,7 @@ def test_a_candidate_is_placed_only_if_its_content_matches(tmp_path):
 
 def test_manifest_is_deterministic(build, tmp_path):
     first, _ = built_torrent(build, tmp_path)
-    again = tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for)
+    again = tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for_files)
     assert first["manifest"] == again["manifest"]
     assert json.loads(first["manifest"])["version"] == tree.MANIFEST_VERSION
 
@@ -154,3 +154,13 @@ def test_placing_refuses_a_manifest_path_that_leaves_the_tree(tmp_path, path):
     with pytest.raises(LssdError, match="is not a path inside the tree"):
         delta.place({want["sha256"]: [str(source)]}, [want], str(tmp_path / "stage" / "tree"))
     assert not (tmp_path / "stage" / "outside").exists() and not (tmp_path / "outside").exists()
+
+
+def test_tree_piece_size_counts_each_file_from_a_piece_boundary():
+    kib = 1024
+    # 3,000 files of 80 KiB: as one archive, 7,500 pieces of 32 KiB fit the cap of 8,192; as
+    # a tree each file takes 3 pieces of 32 KiB (9,000), so the tree gets 64 KiB (6,000).
+    assert metainfo.piece_size_for(3000 * 80 * kib) == 32 * kib
+    assert metainfo.piece_size_for_files([80 * kib] * 3000) == 64 * kib
+    # More files than the cap: every file is one piece at any size; larger saves nothing.
+    assert metainfo.piece_size_for_files([2 * kib] * 20000) == metainfo.MIN_PIECE_SIZE
