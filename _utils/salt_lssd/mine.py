@@ -33,6 +33,11 @@ def _torrent_text(data, mode):
     return base64.b64encode(zlib.compress(data, 9) if mode == "tree" else data).decode("ascii")
 
 
+def fits(data):
+    """Whether a tree-mode torrent fits a mine entry."""
+    return len(_torrent_text(data, "tree")) <= MAX_TORRENT_TEXT
+
+
 def check_torrent_size(data, entries):
     """LssdError if a tree-mode torrent would not fit a mine entry, naming what to do."""
     size = len(_torrent_text(data, "tree"))

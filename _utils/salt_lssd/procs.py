@@ -169,6 +169,13 @@ def spawn(role, run_dir, config, ready_timeout=30):
     Waits until the process reports something other than ``starting`` (it is listening,
     seeding, downloading) or fails; a failure to start raises LssdError with its reason.
     """
+    launch(role, run_dir, config)
+    return await_ready(role, run_dir, ready_timeout)
+
+
+def launch(role, run_dir, config):
+    """Start ``role`` detached with ``config`` and return at once: the caller works while it
+    starts, then calls ``await_ready`` (or ``stop`` on failure)."""
     ensure_dir(run_dir)
     pid = pid_of(run_dir)
     if pid is not None:
@@ -182,6 +189,20 @@ def spawn(role, run_dir, config, ready_timeout=30):
     write_atomic(os.path.join(run_dir, "exit"), " " * 16)
     write_json_atomic(os.path.join(run_dir, "config.json"), config)
     _launch(role, run_dir)
+
+
+def abandon(role, run_dir, ready_timeout=30):
+    """Stop a process ``launch`` started, once it has started: ``stop`` alone would miss one
+    that has not yet written its pidfile."""
+    try:
+        await_ready(role, run_dir, ready_timeout)
+    except LssdError:
+        return  # it failed to start, and await_ready made sure it is gone
+    stop(run_dir)
+
+
+def await_ready(role, run_dir, ready_timeout=30):
+    """The first state the process ``launch`` started reports; see ``spawn``."""
     deadline = time.monotonic() + ready_timeout
     # Before the child writes its pidfile it does not count as running: give it a moment.
     grace = time.monotonic() + 5

@@ -116,18 +116,26 @@ def _make_archive_torrent(layout, tag, packed, url, root_cert, path_is_file, fil
 
 
 def _make_tree_torrent(layout, tag, built, url, root_cert):
-    """The tree's torrent, refused before anything is seeded if its mine entry cannot fit. The
-    manifest is kept beside the archives: the seeder serves it as the torrent's first file."""
+    """The tree's torrent, refused before anything is seeded if its mine entry cannot fit. It
+    carries the manifest too where the entry has room for it (a delta deploy's peers place
+    files before their download starts), else peers fetch the manifest through the swarm
+    first. The manifest is kept beside the archives: the seeder serves it as the first file."""
     lssd_meta = {"tag": tag, "mode": "tree", "sha256": built["sha256"], "unpacked_size": built["input_bytes"],
                  "files": built["entries"]}
-    made = metainfo.make_tree_torrent(tag, built["files"], built["piece_size"], layout.torrent(tag), url,
-                                      lssd=lssd_meta, root_cert=root_cert)
-    with open(made["torrent"], "rb") as fh:
-        mine.check_torrent_size(fh.read(), built["entries"])
-    manifest = os.path.join(layout.archives, f"{tag}{tree.MANIFEST_SUFFIX}")
-    write_atomic(manifest, built["manifest"])
-    return dict(made, archive=None, root=built["root"], manifest=manifest, sha256=built["sha256"],
-                compression=None, files=built["entries"], input_bytes=built["input_bytes"], file_name=None)
+    for manifest in (built["manifest"], None):
+        made = metainfo.make_tree_torrent(tag, built["files"], built["piece_size"], layout.torrent(tag), url,
+                                          lssd=lssd_meta, root_cert=root_cert, manifest=manifest)
+        with open(made["torrent"], "rb") as fh:
+            data = fh.read()
+        if manifest is not None and mine.fits(data):
+            break
+    else:
+        mine.check_torrent_size(data, built["entries"])
+    kept = os.path.join(layout.archives, f"{tag}{tree.MANIFEST_SUFFIX}")
+    write_atomic(kept, built["manifest"])
+    return dict(made, archive=None, root=built["root"], manifest=kept, sha256=built["sha256"],
+                compression=None, files=built["entries"], input_bytes=built["input_bytes"], file_name=None,
+                manifest_in_torrent=manifest is not None)
 
 
 def _shown(meta):

@@ -8,9 +8,10 @@ waiting on the peer verifies the SHA-256 and installs it (install.py), so a fail
 never takes the swarm down with it.
 
 A tree-mode torrent (see ``tree``) is served from the build directory itself and downloaded
-into the directory the job names; with ``manifest_first`` the peer fetches the manifest alone
-and waits for the job to place the files this host holds (``delta``) before it wants the rest,
-those files' pieces counted as had.
+into the directory the job names. Where the job placed the manifest and the files this host
+holds (``delta``) before the start (``placed``), their pieces count as had from the first;
+with ``manifest_first`` the peer fetches the manifest alone and waits for the job to place the
+files before it wants the rest, with the same result.
 Its lingering is a separate seed-only process over the installed tree (``_LingerLoop``).
 
 Both are driven from libtorrent's alert loop; every second a ``state_update_alert`` (asked for
@@ -184,9 +185,54 @@ def run(role, reporter):
         # port scan finds nothing that speaks plain BitTorrent.
         listen = ",".join(part.strip() + "s" for part in listen.split(","))
     ses = lt.session(settings(role, listen, config.get("settings")))
-    handle, port = add_torrent(lt, ses, ti, config, role)
+    # A tree-mode peer whose job places the manifest and the files this host holds: before
+    # the start (``placed``), or while this process starts (``await_go``).
+    placed = _await_go(reporter, config) if config.get("await_go") else config.get("placed")
+    have = None if placed is None else placed_pieces(ti.layout(), set(placed))
+    handle, port = add_torrent(lt, ses, ti, config, role, have=have)
     loop = _SeederLoop if role == "seeder" else _LingerLoop if config.get("seed_only") else _PeerLoop
     loop(reporter, ses, handle, config, port).run()
+
+
+def read_go(run_dir):
+    """The paths the job placed, from the ``go`` file it writes in the run directory once it
+    has placed them; None while there is none."""
+    path = os.path.join(run_dir, "go")
+    try:
+        with open(path, "rb") as fh:
+            return set(json.loads(fh.read() or b"{}").get("placed") or ())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise LssdError(f"cannot read the job's go file {path}: {exc}") from None
+
+
+def _await_go(reporter, config):
+    """Wait for the job's ``go``; the placed paths. A job that dies while it places files
+    (kill -9) leaves no process behind: this one ends when the job's process is gone."""
+    reporter.report(status="placing")
+    deadline = time.monotonic() + float(config.get("timeout", 3600)) + 30
+    job = config.get("job_pid")
+    while not reporter.stopping:
+        placed = read_go(reporter.run_dir)
+        if placed is not None:
+            return placed
+        if job and not _alive(job):
+            raise LssdError(f"the job that started this download (pid {job}) ended before it placed the held files")
+        if time.monotonic() >= deadline:
+            raise LssdError("the job did not finish placing files before the process deadline")
+        time.sleep(0.02)
+    raise LssdError("stopped while the job placed files")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def add_torrent(lt, ses, ti, config, role, have=None):
@@ -498,14 +544,9 @@ class _PeerLoop(_Loop):
         with those pieces had (a running torrent has no call that marks pieces had unchecked)."""
         import libtorrent as lt
 
-        path = os.path.join(self.reporter.run_dir, "go")
-        try:
-            with open(path, "rb") as fh:
-                placed = set(json.loads(fh.read() or b"{}").get("placed") or ())
-        except FileNotFoundError:
+        placed = read_go(self.reporter.run_dir)
+        if placed is None:
             return
-        except (OSError, ValueError) as exc:
-            raise LssdError(f"cannot read the job's go file {path}: {exc}") from None
         self.phase = None
         ti = self.handle.torrent_file()
         self.ses.remove_torrent(self.handle)

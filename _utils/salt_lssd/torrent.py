@@ -98,9 +98,13 @@ def make_torrent(archive, torrent_path, tracker, lssd=None, root_cert=None):
     return _write(info, torrent_path, tracker, lssd, root_cert, size)
 
 
-def make_tree_torrent(name, files, piece_size, torrent_path, tracker, lssd=None, root_cert=None):
+def make_tree_torrent(name, files, piece_size, torrent_path, tracker, lssd=None, root_cert=None, manifest=None):
     """Write a private multi-file v1 .torrent of ``files`` (``[(path, length, piece hashes)]``,
-    path None for the manifest), each padded to a piece boundary by a BEP 47 pad file."""
+    path None for the manifest), each padded to a piece boundary by a BEP 47 pad file.
+
+    ``manifest`` (the first file's bytes) may ride along in the top-level ``lssd-manifest``
+    key, outside the info dictionary like ``lssd``: a peer then has it with the torrent (it
+    checks it against ``lssd``'s SHA-256) instead of fetching it through the swarm first."""
     check_announce_url(tracker)
     listed, hashes = [], []
     for index, (path, length, pieces) in enumerate(files):
@@ -112,10 +116,10 @@ def make_tree_torrent(name, files, piece_size, torrent_path, tracker, lssd=None,
             listed.append({"attr": b"p", "length": pad, "path": [PAD_DIR.encode(), str(pad).encode()]})
     info = {"files": listed, "name": name, "piece length": piece_size, "pieces": b"".join(hashes),
             "private": 1}
-    return _write(info, torrent_path, tracker, lssd, root_cert, sum(f[1] for f in files))
+    return _write(info, torrent_path, tracker, lssd, root_cert, sum(f[1] for f in files), manifest)
 
 
-def _write(info, torrent_path, tracker, lssd, root_cert, size):
+def _write(info, torrent_path, tracker, lssd, root_cert, size, manifest=None):
     if root_cert:
         info["ssl-cert"] = root_cert.encode("ascii") if isinstance(root_cert, str) else root_cert
     meta = {
@@ -126,6 +130,8 @@ def _write(info, torrent_path, tracker, lssd, root_cert, size):
     }
     if lssd:
         meta["lssd"] = lssd
+    if manifest is not None:
+        meta["lssd-manifest"] = manifest
     write_atomic(torrent_path, bencode.encode(meta))
     return {
         "torrent": os.path.abspath(torrent_path),
@@ -151,10 +157,11 @@ def _size_of(info):
 def read_torrent(data):
     """Parse .torrent bytes: a single-file torrent (archive mode) or a tree-mode one.
 
-    Returns ``{"infohash", "name", "size", "files", "piece_size", "tracker", "lssd", "ssl"}``
-    (``size``: payload bytes, pad files not counted; ``files``: 1 for a single file); ``lssd``
-    is what :py:func:`make_torrent` kept (str keys and values), or ``{}``; ``ssl`` whether it
-    is an SSL torrent (peers need the deploy's certificate).
+    Returns ``{"infohash", "name", "size", "files", "piece_size", "tracker", "lssd", "ssl",
+    "manifest"}`` (``size``: payload bytes, pad files not counted; ``files``: 1 for a single
+    file); ``lssd`` is what :py:func:`make_torrent` kept (str keys and values), or ``{}``;
+    ``ssl`` whether it is an SSL torrent (peers need the deploy's certificate); ``manifest``
+    the tree manifest's bytes the torrent carries (unchecked), or None.
     """
     try:
         meta = bencode.decode(data)
@@ -167,6 +174,9 @@ def read_torrent(data):
             k.decode("utf-8"): v.decode("utf-8") if isinstance(v, bytes) else v
             for k, v in meta.get(b"lssd", {}).items()
         }
+        manifest = meta.get(b"lssd-manifest")
+        if manifest is not None and not isinstance(manifest, bytes):
+            raise TypeError("lssd-manifest is not a byte string")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise LssdError(f"not an lssd v1 .torrent: {exc}") from None
     if "/" in name or name in ("", ".", ".."):
@@ -180,4 +190,5 @@ def read_torrent(data):
         "tracker": tracker,
         "lssd": lssd,
         "ssl": b"ssl-cert" in info,
+        "manifest": manifest,
     }

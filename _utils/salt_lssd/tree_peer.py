@@ -2,10 +2,11 @@
 
 libtorrent writes the torrent's files straight into a ``.<tag>.lssd-tmp-*`` directory beside
 the target (the same filesystem, and the name install's temporary trees have), so the install
-moves files instead of extracting them. With other tags of the app installed here, the
-download first fetches the manifest alone, the files it names that this host already holds
-are copied in (``delta``), and only then is the rest wanted: the download process counts the
-placed files' pieces as had and downloads the others. The download process ends when it completes (its
+moves files instead of extracting them. With other tags of the app installed here, the files
+the manifest names that this host already holds are copied in first (``delta``), and the
+download process counts the placed files' pieces as had and downloads only the others. The
+manifest comes with the torrent where the mine entry had room for it; otherwise the download
+first fetches the manifest alone and waits while the job places files. The download process ends when it completes (its
 files are about to move); a lingering seeder then serves the installed tree itself (seed
 mode, its pieces checked on first request) for ``linger`` seconds. On any failure the
 temporary directories are removed and the download process is stopped: nothing is left at
@@ -58,12 +59,29 @@ def _download(minion, tag, data, info, meta, staging, timeout, lt_settings, run_
     procs.stop(run_dir)  # a lingering seeder of an earlier build of this tag, if any
     _remove(os.path.join(run_dir, "go"))
     write_atomic(minion.layout.torrent(tag), data)
-    config = _config(minion, tag, info, staging, lt_settings, run_dir, linger=0, timeout=timeout,
-                     manifest_first=bool(found))
-    procs.spawn("peer", run_dir, config)
-    deploy.fire_start(minion, tag, info)
     tree_dir = os.path.join(staging, info["name"])
-    manifest, reused = None, 0
+    manifest = None
+    if info.get("manifest") is not None:
+        # The torrent carries the manifest: the held files are placed while the download
+        # process starts, and it wants only the rest from its first request.
+        manifest = {"data": info["manifest"], "parsed": tree.parse_manifest(info["manifest"], meta["sha256"])}
+        os.makedirs(tree_dir, 0o700)
+        write_atomic(os.path.join(tree_dir, tree.MANIFEST_NAME), manifest["data"])
+    config = _config(minion, tag, info, staging, lt_settings, run_dir, linger=0, timeout=timeout,
+                     manifest_first=bool(found) and manifest is None,
+                     await_go=bool(found) and manifest is not None, job_pid=os.getpid(),
+                     placed=[] if manifest is not None else None)
+    procs.launch("peer", run_dir, config)
+    reused = 0
+    if config["await_go"]:
+        try:
+            placed, reused = delta.place(found, manifest["parsed"][1], tree_dir)
+            write_atomic(os.path.join(run_dir, "go"), json.dumps({"placed": placed}).encode())
+        except BaseException:
+            procs.abandon("peer", run_dir)
+            raise
+    procs.await_ready("peer", run_dir)
+    deploy.fire_start(minion, tag, info)
     state = deploy.wait_for_download(minion, tag, run_dir, None, timeout, info["size"],
                                      until=("manifest", "lingering", "done"), deadline=deadline)
     if state.get("status") == "manifest":  # (a torrent of the manifest alone is complete already)

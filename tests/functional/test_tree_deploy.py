@@ -7,12 +7,16 @@ already has and downloads the rest; the summary says how many bytes of each.
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 from lssd_testutil import EXCLUDED, make_build_tree, tree_manifest, without
 from salt.exceptions import CommandExecutionError
 
-from salt_lssd import mine
+from salt_lssd import mine, procs, tree
+from salt_lssd import torrent as metainfo
 
 
 @pytest.fixture
@@ -94,9 +98,10 @@ def two_builds(build, tmp_path):
 
 
 def _wire_bounds(build_b, piece_size, manifest_size, changed):
-    """(least, most) bytes the wire must bring for B's changed files and the manifest: their
-    sizes, and those rounded up to whole pieces (files are piece-aligned)."""
-    sizes = [os.path.getsize(os.path.join(build_b, rel)) for rel in changed] + [manifest_size]
+    """(least, most) bytes the wire must bring for B's changed files and the manifest (0 when
+    it came with the torrent): their sizes, and those rounded up to whole pieces (files are
+    piece-aligned)."""
+    sizes = [os.path.getsize(os.path.join(build_b, rel)) for rel in changed] + [manifest_size] * bool(manifest_size)
     return sum(sizes), sum(-(-size // piece_size) * piece_size for size in sizes)
 
 
@@ -109,17 +114,25 @@ def _files(root, but=()):
             if kind == "file" and rel not in but]
 
 
-@pytest.fixture
-def r1_installed(origin, make_minion, two_builds, tmp_path):
+@pytest.fixture(params=["in-torrent", "through-swarm"])
+def r1_installed(request, origin, make_minion, two_builds, tmp_path, monkeypatch):
     """(peer, destination, R2's torrent record): R1 (build A) installed on the peer in tree
-    mode, R2 (build B) seeded."""
+    mode, R2 (build B) seeded. R2's torrent carries its manifest, or (``through-swarm``: a
+    mine entry with no room for it) the peer fetches the manifest through the swarm first."""
     build_a, build_b, _ = two_builds
     first = seed(origin, "R1", build_a)
+    if request.param == "through-swarm":
+        monkeypatch.setattr(mine, "fits", lambda data: False)
     second = seed(origin, "R2", build_b)
+    assert second["manifest_in_torrent"] is (request.param == "in-torrent")
     peer = make_minion("peer")
     dest = tmp_path / "dest"
     peer.modules.lssd.peer("R1", destination_path=str(dest), torrent=first["torrent"], linger=0)
     return peer, dest, second
+
+
+def _manifest_on_the_wire(record):
+    return 0 if record["manifest_in_torrent"] else os.path.getsize(record["manifest"])
 
 
 def test_delta_deploy_downloads_only_what_changed(two_builds, r1_installed):
@@ -129,7 +142,7 @@ def test_delta_deploy_downloads_only_what_changed(two_builds, r1_installed):
     assert tree_manifest(dest / "R2") == without(tree_manifest(build_b), EXCLUDED)
     # Every unchanged file is placed from R1 (the changed ones hold nothing R1 has).
     assert summary["reused"] == _file_bytes(build_b, _files(build_b, but=changed)), summary
-    least, most = _wire_bounds(build_b, second["piece_size"], os.path.getsize(second["manifest"]), changed)
+    least, most = _wire_bounds(build_b, second["piece_size"], _manifest_on_the_wire(second), changed)
     assert least <= summary["downloaded"] <= most, (least, summary["downloaded"], most)
     assert summary["downloaded"] == summary["from_seeder"] + summary["from_peers"]
     assert summary["downloaded"] < second["size"] / 2
@@ -174,7 +187,7 @@ def test_a_tree_torrent_too_big_for_the_mine_is_refused(make_minion, build, monk
     assert seeder.modules.lssd.torrent_info("R1") is None
 
 
-def test_a_tag_with_nothing_new_downloads_only_its_manifest(origin, make_minion, build, tmp_path):
+def test_a_tag_with_nothing_new_downloads_nothing(origin, make_minion, build, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(build, copy, symlinks=True)
     first = seed(origin, "R1", build)
@@ -185,7 +198,8 @@ def test_a_tag_with_nothing_new_downloads_only_its_manifest(origin, make_minion,
     summary = peer.modules.lssd.peer("R2", destination_path=str(dest), torrent=second["torrent"], linger=0)
     assert tree_manifest(dest / "R2") == tree_manifest(dest / "R1")
     assert summary["reused"] == second["size"] - os.path.getsize(second["manifest"])
-    assert summary["downloaded"] <= second["piece_size"]
+    # The manifest came with the torrent: not a byte of the swarm's was needed.
+    assert second["manifest_in_torrent"] and summary["downloaded"] == 0, summary
 
 
 def test_a_failed_tree_download_leaves_nothing_behind(origin, make_minion, build, tmp_path):
@@ -210,3 +224,26 @@ def test_a_build_changed_while_seeded_stops_the_seeder(origin, make_minion, buil
     assert [p["status"] for p in seeding] == ["failed"], seeding
     assert "changed since its torrent was made" in seeding[0]["error"]
     assert "data/text.log" in seeding[0]["error"]
+
+
+def test_a_download_waiting_for_a_killed_job_ends_instead_of_lingering(build, tmp_path):
+    # The job of a delta deploy starts the download process, then places the held files; if
+    # the job is killed meanwhile (kill -9), the process must not wait out its timeout.
+    built = tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for_files)
+    made = metainfo.make_tree_torrent("R1", built["files"], built["piece_size"], str(tmp_path / "R1.torrent"),
+                                      "http://127.0.0.1:1/announce", lssd={"tag": "R1", "mode": "tree",
+                                                                          "sha256": built["sha256"]})
+    job = subprocess.Popen([sys.executable, "-c", "pass"])
+    job.wait()  # a job that is gone
+    run_dir = str(tmp_path / "run")
+    config = {"torrent": made["torrent"], "save_path": str(tmp_path / "staging"), "tag": "R1",
+              "infohash": made["infohash"], "listen": "127.0.0.1:0", "settings": {}, "linger": 0,
+              "timeout": 600, "await_go": True, "job_pid": job.pid, "placed": []}
+    procs.launch("peer", run_dir, config)
+    deadline = time.monotonic() + 60
+    while procs.state(run_dir)["running"] or procs.state(run_dir).get("status") in (None, "starting", "placing"):
+        assert time.monotonic() < deadline, procs.state(run_dir)
+        time.sleep(0.1)
+    state = procs.state(run_dir)
+    assert state["status"] == "failed", state
+    assert f"(pid {job.pid}) ended before it placed the held files" in state["error"]

@@ -49,6 +49,19 @@ def test_files_are_piece_aligned_and_the_manifest_comes_first(build, tmp_path):
     assert read["files"] == len(built["files"]) and read["lssd"]["mode"] == "tree"
 
 
+def test_a_tree_torrent_may_carry_its_manifest_outside_the_info_dictionary(build, tmp_path):
+    built, without_it = built_torrent(build, tmp_path)
+    with_it = metainfo.make_tree_torrent("R1", built["files"], built["piece_size"], str(tmp_path / "R1m.torrent"),
+                                         URL, lssd={"tag": "R1", "mode": "tree", "sha256": built["sha256"]},
+                                         manifest=built["manifest"])
+    read = metainfo.read_torrent(open(with_it["torrent"], "rb").read())
+    assert read["manifest"] == built["manifest"]
+    assert tree.parse_manifest(read["manifest"], read["lssd"]["sha256"])[1]
+    # The same swarm: the info-hash does not change.
+    assert read["infohash"] == with_it["infohash"] == without_it["infohash"]
+    assert metainfo.read_torrent(open(without_it["torrent"], "rb").read())["manifest"] is None
+
+
 def test_the_manifest_lists_the_tree_as_packing_sees_it(build, tmp_path):
     built, _ = built_torrent(build, tmp_path)
     root, entries = tree.parse_manifest(built["manifest"], built["sha256"])
