@@ -22,6 +22,15 @@ host's link; 0 leaves loopback uncapped, where CPU per byte and disk decide.
     .venv/bin/python bench/modes.py --peers 8 --small-files 20000 --modes archive,tree
 
 Results go to stdout (a table) and, with ``--out``, to a JSON file for bench/README.md.
+
+Give it a filesystem like a host's (``--workdir``; each record names it as ``workdir_fs``). An
+ext4 without a journal, such as this VM's root, makes every file created after many were
+deleted slow (see ``describe_fs``), which inflates both tree-mode downloads and archive-mode
+installs. A journaled ext4 in a file does:
+
+    truncate -s 24G /work/lssd-benchfs.img && mkfs.ext4 -q -F /work/lssd-benchfs.img
+    mkdir -p /mnt/lssdbench && mount -o loop /work/lssd-benchfs.img /mnt/lssdbench
+    .venv/bin/python bench/modes.py --peers 8 --size-mb 512 --workdir /mnt/lssdbench --repeat 3
 """
 
 import argparse
@@ -150,7 +159,31 @@ def deploy(work, port, tracker, seeder, tag, workers):
         "reused_bytes_median": statistics.median(s.get("reused") or 0 for s in summaries),
         "downloaded_bytes_max": max((s.get("from_seeder") or 0) + (s.get("from_peers") or 0) for s in summaries),
         "mode": summaries[0].get("mode", "archive"),
+        "manifest_in_torrent": made.get("manifest_in_torrent"),
+        "torrent_bytes": os.path.getsize(made["torrent"]),
     }
+
+
+def describe_fs(path):
+    """The filesystem under ``path``: type, and for ext4 whether it has a journal. Without one
+    (this VM's root filesystem) ext4's inode allocator skips every recently deleted inode one
+    by one, and a bench that makes and removes trees of thousands of files pays for it in
+    every file created (perf: find_inode_bit, recently_deleted)."""
+    import subprocess
+
+    try:
+        source, fstype = subprocess.run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "-T", path], check=True,
+                                        capture_output=True, text=True).stdout.split()[:2]
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return {"fstype": None}
+    found = {"fstype": fstype, "source": source}
+    if fstype == "ext4":
+        try:
+            with open(f"/sys/fs/ext4/{os.path.basename(source)}/journal_task") as fh:
+                found["journal"] = fh.read().strip() != "<none>"
+        except OSError:
+            found["journal"] = None
+    return found
 
 
 def one_run(args, mode, builds, rate):
@@ -227,15 +260,17 @@ def main():
             builds.append(("B", os.path.join(builds_dir, "B")))
         baseline = hash_baseline(first)
         rate = int(args.rate_mbit * 125000)
+        fs = describe_fs(builds_dir)
         print(f"build: {files} files, {size / 1e6:.0f} MB; read+SHA-1 of the tree {baseline:.2f} s"
-              + (f"; B changes {changed[0]} files, {changed[1] / 1e6:.1f} MB" if changed else ""), flush=True)
+              + (f"; B changes {changed[0]} files, {changed[1] / 1e6:.1f} MB" if changed else "")
+              + f"; workdir filesystem {fs}", flush=True)
         records = []
         for run in range(args.repeat):
             for mode in args.modes.split(","):
                 for record in one_run(args, mode, builds, rate):
                     record.update(run=run, requested_mode=mode, peers=args.peers, files=files,
                                   rate_mbit=args.rate_mbit, hash_baseline_s=round(baseline, 2),
-                                  date=time.strftime("%Y-%m-%d"))
+                                  workdir_fs=fs, date=time.strftime("%Y-%m-%d"))
                     records.append(record)
                     print(json.dumps(record), flush=True)
         if args.out:
