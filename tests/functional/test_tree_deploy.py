@@ -5,6 +5,8 @@ straight beside the target. A peer that holds an earlier tag of the app places t
 already has and downloads the rest; the summary says how many bytes of each.
 """
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +17,7 @@ import pytest
 from lssd_testutil import EXCLUDED, make_build_tree, tree_manifest, without
 from salt.exceptions import CommandExecutionError
 
-from salt_lssd import mine, procs, tree
+from salt_lssd import bencode, mine, procs, tree
 from salt_lssd import torrent as metainfo
 
 
@@ -162,6 +164,32 @@ def test_a_held_file_changed_on_the_peer_is_downloaded_not_reused(two_builds, r1
     unchanged = _files(build_b, but=set(changed) | {"data/text.log"})
     assert summary["reused"] == _file_bytes(build_b, unchanged), summary
     assert summary["downloaded"] >= len(data)
+
+
+@pytest.mark.parametrize("r1_installed", ["in-torrent"], indirect=True)
+def test_a_torrent_whose_manifest_leaves_the_tree_is_refused_and_leaves_nothing(origin, two_builds, r1_installed,
+                                                                               tmp_path):
+    # A torrent edited (or built wrongly) so that its manifest names a path outside the tree,
+    # with the SHA-256 that goes with it: a delta peer refuses it while placing held files,
+    # before anything is written outside the staging tree, and stops the download process
+    # it had launched.
+    peer, dest, second = r1_installed
+    meta = bencode.decode(open(second["torrent"], "rb").read())
+    manifest = json.loads(meta[b"lssd-manifest"])
+    entry = next(e for e in manifest["entries"] if e["kind"] == "file" and e["size"])
+    entry["path"] = "../../escaped.txt"
+    meta[b"lssd-manifest"] = tree.manifest_bytes(manifest["root"], manifest["entries"])
+    meta[b"lssd"][b"sha256"] = hashlib.sha256(meta[b"lssd-manifest"]).hexdigest().encode()
+    edited = tmp_path / "edited.torrent"
+    edited.write_bytes(bencode.encode(meta))
+    # The deploy's certificate and key, where a torrent file taken from the seeder has them.
+    shutil.copytree(os.path.splitext(second["torrent"])[0] + ".ssl", tmp_path / "edited.ssl")
+
+    with pytest.raises(CommandExecutionError, match=r"manifest entry '\.\./\.\./escaped\.txt' is not a path inside"):
+        peer.modules.lssd.peer("R2", destination_path=str(dest), torrent=str(edited), linger=0)
+    assert sorted(os.listdir(dest)) == ["R1"]
+    assert not (tmp_path / "escaped.txt").exists() and not (dest.parent / "escaped.txt").exists()
+    assert [p for p in peer.modules.lssd.status()["processes"] if p["running"]] == []
 
 
 def test_bad_mode_is_refused_naming_what_is_allowed(make_minion, build):
