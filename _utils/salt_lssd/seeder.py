@@ -118,8 +118,8 @@ def _make_archive_torrent(layout, tag, packed, url, root_cert, path_is_file, fil
 def _make_tree_torrent(layout, tag, built, url, root_cert):
     """The tree's torrent, refused before anything is seeded if its mine entry cannot fit. It
     carries the manifest too where the entry has room for it (a delta deploy's peers place
-    files before their download starts), else peers fetch the manifest through the swarm
-    first. The manifest is kept beside the archives: the seeder serves it as the first file."""
+    files while their download process starts), else peers fetch the manifest through the
+    swarm first. The manifest is kept beside the archives: the seeder serves it as the first file."""
     lssd_meta = {"tag": tag, "mode": "tree", "sha256": built["sha256"], "unpacked_size": built["input_bytes"],
                  "files": built["entries"]}
     for manifest in (built["manifest"], None):

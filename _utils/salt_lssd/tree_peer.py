@@ -3,14 +3,14 @@
 libtorrent writes the torrent's files straight into a ``.<tag>.lssd-tmp-*`` directory beside
 the target (the same filesystem, and the name install's temporary trees have), so the install
 moves files instead of extracting them. With other tags of the app installed here, the files
-the manifest names that this host already holds are copied in first (``delta``), and the
-download process counts the placed files' pieces as had and downloads only the others. The
-manifest comes with the torrent where the mine entry had room for it; otherwise the download
-first fetches the manifest alone and waits while the job places files. The download process ends when it completes (its
-files are about to move); a lingering seeder then serves the installed tree itself (seed
-mode, its pieces checked on first request) for ``linger`` seconds. On any failure the
-temporary directories are removed and the download process is stopped: nothing is left at
-the target.
+the manifest names that this host already holds are copied in (``delta``) while the download
+process starts, and it counts the placed files' pieces as had and downloads only the others.
+The manifest comes with the torrent where the mine entry had room for it; otherwise the
+download first fetches the manifest alone and waits while the job places files. The download
+process ends when it completes (its files are about to move); a lingering seeder then serves
+the installed tree itself (seed mode, its pieces checked on first request) for ``linger``
+seconds. On any failure the temporary directories are removed and the download process is
+stopped: nothing is left at the target.
 """
 
 import json
