@@ -211,7 +211,8 @@ def _await_go(reporter, config):
     """Wait for the job's ``go``; the placed paths. A job that dies while it places files
     (kill -9) leaves no process behind: this one ends when the job's process is gone."""
     reporter.report(status="placing")
-    deadline = time.monotonic() + float(config.get("timeout", 3600)) + 30
+    waited = float(config.get("timeout", 3600)) + 30
+    deadline = time.monotonic() + waited
     job = config.get("job_pid")
     while not reporter.stopping:
         placed = read_go(reporter.run_dir)
@@ -220,7 +221,7 @@ def _await_go(reporter, config):
         if job and not _alive(job):
             raise LssdError(f"the job that started this download (pid {job}) ended before it placed the held files")
         if time.monotonic() >= deadline:
-            raise LssdError("the job did not finish placing files before the process deadline")
+            raise LssdError(f"the job did not finish placing the held files within {waited:g}s (timeout + 30 s)")
         time.sleep(0.02)
     raise LssdError("stopped while the job placed files")
 

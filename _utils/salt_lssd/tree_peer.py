@@ -64,7 +64,7 @@ def _download(minion, tag, data, info, meta, staging, timeout, lt_settings, run_
     if info.get("manifest") is not None:
         # The torrent carries the manifest: the held files are placed while the download
         # process starts, and it wants only the rest from its first request.
-        manifest = {"data": info["manifest"], "parsed": tree.parse_manifest(info["manifest"], meta["sha256"])}
+        manifest = _checked(info["manifest"], meta)
         os.makedirs(tree_dir, 0o700)
         write_atomic(os.path.join(tree_dir, tree.MANIFEST_NAME), manifest["data"])
     config = _config(minion, tag, info, staging, lt_settings, run_dir, linger=0, timeout=timeout,
@@ -75,8 +75,7 @@ def _download(minion, tag, data, info, meta, staging, timeout, lt_settings, run_
     reused = 0
     if config["await_go"]:
         try:
-            placed, reused = delta.place(found, manifest["parsed"][1], tree_dir)
-            write_atomic(os.path.join(run_dir, "go"), json.dumps({"placed": placed}).encode())
+            reused = _place(found, manifest, tree_dir, run_dir)
         except BaseException:
             procs.abandon("peer", run_dir)
             raise
@@ -86,8 +85,7 @@ def _download(minion, tag, data, info, meta, staging, timeout, lt_settings, run_
                                      until=("manifest", "lingering", "done"), deadline=deadline)
     if state.get("status") == "manifest":  # (a torrent of the manifest alone is complete already)
         manifest = _read_manifest(tree_dir, meta)
-        placed, reused = delta.place(found, manifest["parsed"][1], tree_dir)
-        write_atomic(os.path.join(run_dir, "go"), json.dumps({"placed": placed}).encode())
+        reused = _place(found, manifest, tree_dir, run_dir)
         state = deploy.wait_for_download(minion, tag, run_dir, None, timeout, info["size"], deadline=deadline)
     procs.stop(run_dir)  # it ends by itself (linger 0); its files must not be open while they move
     if manifest is None:
@@ -103,7 +101,20 @@ def _read_manifest(tree_dir, meta):
             data = fh.read()
     except OSError as exc:
         raise LssdError(f"the manifest is not in the download ({path}): {exc.strerror}") from exc
+    return _checked(data, meta)
+
+
+def _checked(data, meta):
+    """The manifest's bytes and entries, once its SHA-256 is the torrent's."""
     return {"data": data, "parsed": tree.parse_manifest(data, meta["sha256"])}
+
+
+def _place(found, manifest, tree_dir, run_dir):
+    """Copy in the held files the manifest names, then tell the download process which
+    (``go``); returns the bytes placed."""
+    placed, reused = delta.place(found, manifest["parsed"][1], tree_dir)
+    write_atomic(os.path.join(run_dir, "go"), json.dumps({"placed": placed}).encode())
+    return reused
 
 
 def _config(minion, tag, info, save_path, lt_settings, run_dir, **extra):
