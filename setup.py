@@ -24,6 +24,7 @@ setup(
         "salt_lssd.loader_states",
         "salt_lssd.loader_runners",
         "salt_lssd.loader_grains",
+        "salt_lssd.loader_pillar",
     ],
     package_dir={
         "salt_lssd": "_utils/salt_lssd",
@@ -33,6 +34,7 @@ setup(
         "salt_lssd.loader_states": "_states",
         "salt_lssd.loader_runners": "_runners",
         "salt_lssd.loader_grains": "_grains",
+        "salt_lssd.loader_pillar": "_pillar",
     },
     install_requires=["libtorrent>=2.0", "pyyaml", "cryptography"],
     extras_require={

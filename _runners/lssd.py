@@ -146,3 +146,51 @@ def report(jid=None, tag=None):
     from salt_lssd.runner import report as past
 
     return _call(past.report, __opts__, jid=jid, tag=tag)
+
+
+def plan(lssd=None, register=True, **kwargs):
+    """
+    Plan one deploy on the master: check the run-wide settings, resolve every role's minions
+    once, choose the canary and batch waves, and register the run, so that its minions (and
+    no others) can read its torrent through the ``lssd`` ext_pillar. ``lssd.orch.deploy`` calls
+    it while it renders; ``salt-run lssd.deploy`` plans the same way.
+
+    lssd
+        Pillar ``lssd`` as the caller sees it (the orchestrate passes its own, pillar= included).
+        Default: the master's own pillar ``lssd``.
+    register
+        Register the run with the master's run channel. Default: true; a dry run
+        (``test=True``) passes false.
+
+    Returns the plan (``run_id``, ``roles``, ``waves``, ``batch``, timeouts, ``run_pillar``),
+    or ``error`` naming the bad setting or the target that matches nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run lssd.plan
+        salt-run lssd.plan lssd='{"tag": "Deploy2", "targets": {"tracker": "t1", "seeder": "b1", "peer": "web*"}}'
+    """
+    from salt_lssd.runner import plan as run_plan
+    from salt_lssd.runner.settings import master_pillar
+
+    if lssd is None:
+        lssd = (master_pillar(__opts__) or {}).get("lssd") or {}
+    return _call(run_plan.make, __opts__, lssd, _overrides(kwargs), register=bool(register))
+
+
+def run_end(run_id):
+    """
+    Forget run ``run_id`` on the master: its minions are served nothing more for it (the last
+    step of ``lssd.orch.deploy``; ``salt-run lssd.deploy`` does it itself).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run lssd.run_end 1b4e28ba-2fa1-11d2-883f-0016d3cca427
+    """
+    from salt_lssd import channel
+
+    return _call(channel.forget, __opts__, str(run_id))

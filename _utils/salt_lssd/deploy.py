@@ -19,6 +19,8 @@ from salt_lssd.common import ensure_dir, validate_tag, write_atomic
 from salt_lssd.settings import number
 
 # What a progress event carries from the download process's state (plus size and ETA).
+# The progress events a run may send the master per second, all its peers together.
+RUN_EVENTS_PER_SECOND = 100
 _PROGRESS_KEYS = ("progress", "download_rate", "upload_rate", "peers", "seeds", "total_done", "tracker_error")
 
 
@@ -30,6 +32,16 @@ def _from_mine(minion, tag, nonce=None, wait=True):
     if run_id and wait and nonce is None:
         return mine.await_torrent(minion, tag, run_id, minion.setting("job_timeout"))
     return mine.lookup_torrent(minion, tag, nonce, run_id=run_id)
+
+
+def event_interval(progress_interval, run_peers):
+    """Seconds between a peer's progress events: lssd:progress_interval, or longer in a run of
+    many peers, so that a whole run's events reach the master at most
+    ``RUN_EVENTS_PER_SECOND``, however large the fleet (each event is a request to a master
+    worker)."""
+    if not progress_interval or not run_peers:
+        return progress_interval
+    return max(progress_interval, run_peers / RUN_EVENTS_PER_SECOND)
 
 
 def get_torrent(minion, tag, torrent=None, nonce=None):
@@ -349,7 +361,7 @@ def wait_for_download(minion, tag, run_dir, archive, timeout, size=None, until=(
     ``timeout`` seconds (or until the monotonic ``deadline`` of a download waited for in
     steps); a progress event every progress_interval s. ``archive``: the partial download
     removed if corrupt (None in tree mode, where the caller removes it)."""
-    progress_interval = minion.setting("progress_interval")
+    progress_interval = event_interval(minion.setting("progress_interval"), minion.setting("run_peers"))
     run = _run(minion)
     deadline = deadline or time.monotonic() + number(timeout, "timeout", 1)
     next_event = 0.0 if progress_interval > 0 else float("inf")

@@ -8,7 +8,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _TREE = os.path.dirname(os.path.dirname(_HERE))
 
 # Salt's loader type -> the repository directory setup.py installs as salt_lssd.loader_<type>.
-KINDS = {"modules": "_modules", "states": "_states", "runners": "_runners", "grains": "_grains"}
+KINDS = {"modules": "_modules", "states": "_states", "runners": "_runners", "grains": "_grains",
+         "pillar": "_pillar"}
 
 
 def _loader_dir(installed_name, tree_name):

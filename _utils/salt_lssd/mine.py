@@ -14,7 +14,7 @@ import random
 import time
 import zlib
 
-from salt_lssd import LssdError, NotPublished
+from salt_lssd import LssdError, NotPublished, channel
 from salt_lssd import torrent as metainfo
 from salt_lssd.common import write_atomic
 
@@ -58,13 +58,14 @@ def torrent_alias(tag, app=None):
     return TORRENT_PREFIX + (tag if app is None else f"{app}/{tag}")
 
 
-def publish(minion, alias, mine_function, matches, timeout, **kwargs):
-    """``mine.send``, then wait until the master holds an entry for which ``matches(entry)``."""
+def publish(minion, alias, mine_function, matches, timeout, run_id=None, **kwargs):
+    """``mine.send``, then wait until the master holds an entry for which ``matches(entry)``
+    (asked through run ``run_id``'s channel, where this minion is one of the run's roles)."""
     minion.mine_send(alias, mine_function, **kwargs)
     deadline = time.monotonic() + timeout
     pause = 0.05
     while True:
-        entry = minion.mine_get(minion.id, alias, "glob").get(minion.id)
+        entry = read(minion, alias, None, run_id=run_id, given=f"L@{minion.id}").get(minion.id)
         if isinstance(entry, dict) and matches(entry):
             return entry
         if time.monotonic() >= deadline:
@@ -73,6 +74,15 @@ def publish(minion, alias, mine_function, matches, timeout, **kwargs):
         # for the seeder's entry: ask soon, then less often.
         time.sleep(pause)
         pause = min(pause * 2, 0.5)
+
+
+def read(minion, alias, role, run_id=None, given=None, why="whose entry to trust"):
+    """``{minion: entry}`` published under ``alias``: in a planned run (``run_id``, with a
+    master) what the run's channel serves, which holds only the run's own roles' entries;
+    else the mine entries of the minions ``given`` or pillar ``lssd:targets:<role>`` names."""
+    if run_id and not minion.masterless:
+        return channel.published(minion, run_id, alias)
+    return minion.mine_get(_target(minion, f"targets:{role}", why, given), alias)
 
 
 def readers(minion):
@@ -111,7 +121,7 @@ def lookup_torrent(minion, tag, nonce=None, seeder=None, run_id=None):
     lssd:targets:seeder), decoded and checked: ``data``, ``info``, ``entry``. NotPublished
     when no seeder publishes it (with ``nonce`` and for run ``run_id``, if given)."""
     alias = torrent_alias(tag, minion.app)
-    published = minion.mine_get(_target(minion, "targets:seeder", "which minion's torrent to trust", seeder), alias)
+    published = read(minion, alias, "seeder", run_id, seeder, "which minion's torrent to trust")
     entries = {
         who: entry
         for who, entry in published.items()
@@ -229,7 +239,7 @@ def _target(minion, name, why, given=None):
 
 def tracker_url(minion):
     """The one announce URL the tracker minions published; LssdError for none or several."""
-    published = minion.mine_get(_target(minion, "targets:tracker", "whose tracker address counts"), TRACKER)
+    published = read(minion, TRACKER, "tracker", minion.setting("run_id"), why="whose tracker address counts")
     urls = sorted({v["url"] for v in published.values() if isinstance(v, dict) and v.get("url")})
     if len(urls) == 1:
         return urls[0]

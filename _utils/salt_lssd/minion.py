@@ -21,8 +21,8 @@ class Minion:
     """One minion's id, settings, state directory and the few Salt functions lssd calls.
 
     ``salt`` is a mapping of Salt function names to callables (``__salt__``); the ones used
-    are ``config.get``, ``mine.send``, ``mine.get``, ``mine.delete``, ``event.send`` and
-    ``cp.cache_file``.
+    are ``config.get``, ``pillar.items``, ``mine.send``, ``mine.get``, ``mine.delete``,
+    ``event.send`` and ``cp.cache_file``.
     """
 
     def __init__(self, opts, salt, grains=None, app=None):
@@ -63,6 +63,32 @@ class Minion:
             return self._salt["mine.get"](tgt, alias, tgt_type=tgt_type) or {}
         except Exception as exc:  # pylint: disable=broad-except
             raise LssdError(f"could not read mine alias {alias!r}: {exc}") from None
+
+    def run_pillar(self, run_id, fresh=False):
+        """What the master's run channel serves this minion for run ``run_id``:
+        ``{minion: {alias: entry}}``. From the job's pillar, or with ``fresh`` from a new render
+        of this minion's pillar (one request; its cost at the master does not grow with the
+        fleet)."""
+        from salt_lssd.channel import PILLAR_KEY  # pylint: disable=import-outside-toplevel
+
+        if fresh:
+            try:
+                served = self._fresh_pillar({"lssd": {"run_id": run_id}}).get(PILLAR_KEY)
+            except Exception as exc:  # pylint: disable=broad-except
+                raise LssdError(f"could not ask the master for run {run_id}'s channel: {exc}") from None
+        else:
+            served = self._salt["config.get"](PILLAR_KEY)
+        if isinstance(served, dict) and served.get("run_id") == run_id:
+            return served.get("published") or {}
+        return {}
+
+    def _fresh_pillar(self, override):
+        items = self._salt["pillar.items"]
+        try:
+            # Salt 3008 masks the values pillar.items returns unless told not to.
+            return items(pillar=override, unmask=True)
+        except TypeError:  # a Salt whose pillar.items neither masks nor takes unmask
+            return items(pillar=override)
 
     def mine_send(self, alias, mine_function, **kwargs):
         return self._salt["mine.send"](alias, mine_function=mine_function, **kwargs)

@@ -92,7 +92,9 @@ def seeding(minion, name, files_path=None, tracker=None, compression=None, exclu
     tag = validate_tag(name)
     made = seeder.torrent_info(minion, tag)
     build = minion.setting("rebuild", rebuild) or made is None
-    if not build and made["seeding"] and made["published"]:
+    # Published for another run (an interrupted one that left this seeder running): this run's
+    # tracker and peers wait for an entry of their own run, so it is published again.
+    if not build and made["seeding"] and made["published"] and made["published_for"] == minion.setting("run_id"):
         return _plan(f"{tag} is already being seeded (infohash {made['infohash']})")
     steps, changes = [], {}
     if build:

@@ -173,8 +173,9 @@ def torrent_info(minion, tag):
     seeding = _seeding(minion, tag, meta["infohash"])
     run_dir = minion.layout.run_dir("seeder", tag)
     nonce = procs.read_config(run_dir).get("nonce") if seeding else None
-    published = seeding and is_published(minion, tag, nonce, _published_for(run_dir))
-    return dict(_shown(meta), seeding=seeding, published=published)
+    published_for = _published_for(run_dir) if seeding else None
+    published = seeding and is_published(minion, tag, nonce, published_for)
+    return dict(_shown(meta), seeding=seeding, published=published, published_for=published_for)
 
 
 def published(minion, tag):
@@ -197,7 +198,7 @@ def published(minion, tag):
 
 def is_published(minion, tag, nonce, run_id=None):
     """Whether the master holds this seeding process's entry for ``tag``, for run ``run_id``."""
-    entry = minion.mine_get(minion.id, mine.torrent_alias(tag, minion.app), "glob").get(minion.id)
+    entry = mine.read(minion, mine.torrent_alias(tag, minion.app), None, run_id, f"L@{minion.id}").get(minion.id)
     return isinstance(entry, dict) and entry.get("nonce") == nonce and entry.get("run_id") == run_id
 
 
@@ -213,7 +214,7 @@ def _publish(minion, tag, run_dir, nonce, run_id, timeout):
     app = {"app": minion.app} if minion.app else {}
     mine.publish(minion, mine.torrent_alias(tag, minion.app), "lssd.published",
                  lambda entry: entry.get("nonce") == nonce and entry.get("run_id") == run_id,
-                 number(timeout, "publish_timeout"), tag=tag, **app, **mine.readers(minion))
+                 number(timeout, "publish_timeout"), run_id=run_id, tag=tag, **app, **mine.readers(minion))
 
 
 def seed_start(minion, tag, publish=True, publish_timeout=60):

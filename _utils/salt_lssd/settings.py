@@ -154,6 +154,15 @@ def _rollout(value, name):
     return value
 
 
+def _unreachable(value, name):
+    if value not in ("fail", "skip"):
+        raise LssdError(
+            f"{name} {value!r} is not a policy for unreachable peers; allowed: fail (the run fails "
+            "before any job, naming them) or skip (the others deploy, they are reported as down)"
+        )
+    return value
+
+
 def _run_id(value, name):
     value = _text(str(value) if isinstance(value, int) and not isinstance(value, bool) else value, name)
     try:
@@ -206,9 +215,13 @@ TABLE = {
     "batch": (None, _optional(_rollout)),
     "canary": (None, _optional(_rollout)),
     "hooks:sls": ([], _sls_list),
+    "reach_timeout": (10, _seconds(1)),
+    "unreachable": ("fail", _unreachable),
     # Set by the orchestrate (and salt-run lssd.deploy) for one run: the seeder's mine entry
     # carries it, and the run's tracker and peers take that entry, not an earlier one of the tag.
     "run_id": (None, _optional(_run_id)),
+    # Set by the run too: how many peers it deploys, which spaces out each peer's progress events.
+    "run_peers": (None, _optional(_seconds(0))),
 }
 
 

@@ -32,7 +32,8 @@ def start(minion, port=None, bind=None, interval=None):
     started.update(changed=True, comment=f"tracker started on {bind}:{port}")
     url = address(minion)["url"]
     try:
-        mine.publish(minion, mine.TRACKER, "lssd.tracker_address", lambda entry: entry.get("url") == url, 30)
+        mine.publish(minion, mine.TRACKER, "lssd.tracker_address", lambda entry: entry.get("url") == url, 30,
+                     run_id=minion.setting("run_id"))
     except Exception as exc:  # pylint: disable=broad-except
         # Only seeders without pillar lssd:tracker:host need the mine entry; say so, go on.
         log.warning("lssd: could not publish the tracker address to the mine: %s", exc)

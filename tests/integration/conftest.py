@@ -79,6 +79,8 @@ def lssd_env(salt_factories, lssd_root):
             "file_roots": {"base": [str(REPO / "salt"), str(REPO), str(FILES)]},
             "file_ignore_regex": FILE_IGNORE_REGEX,
             "pillar_roots": {"base": [str(pillar)]},
+            # The README's master configuration: lssd's run channel.
+            "ext_pillar": [{"lssd": {}}],
             "fileserver_list_cache_time": 0,
         },
         start_timeout=120,

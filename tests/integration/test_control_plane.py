@@ -5,6 +5,7 @@ Every test stands alone (``-k`` runs any one of them) on its own tags and direct
 ``case`` fixture).
 """
 
+import json
 import socket
 import time
 
@@ -14,7 +15,7 @@ from .lssd_integration import PEERS, minion_states, orchestrate_errors, orchestr
 
 pytestmark = pytest.mark.integration
 
-RUN_WIDE = {"tag", "run_id", "targets", "tracker", "rollback_to"}
+RUN_WIDE = {"tag", "run_id", "targets", "tracker", "rollback_to", "run_peers"}
 
 
 def assert_ok(ret):
@@ -132,7 +133,7 @@ def test_canary_failure_stops_the_run_before_other_peers_start(lssd_env, case):
 def test_canary_first_then_the_rest_in_waves(lssd_env, case):
     case.pillar(canary="web2", batch=1)
     plan = lssd_env.orchestrate_plan()
-    assert plan["lssd-canary"]["tgt"] == "( web* ) and ( web2 )"
+    assert plan["lssd-canary"]["tgt"] == ["web2"] and plan["lssd-peers"]["tgt"] == ["web1"]
     assert plan["lssd-peers"]["batch"] == "1"
     ret = lssd_env.orchestrate()
     states = assert_ok(ret)
@@ -256,3 +257,64 @@ def assert_no_job_ran_on_peers(lssd_env, case):
     for peer in PEERS:
         assert case.tags_in(peer) == []
         assert lssd_env.call(peer, "lssd.installed", case.tag) is None
+
+
+def test_only_the_runs_minions_read_its_torrent_through_the_run_channel(lssd_env, case):
+    # A run whose only peer is web1: web2 is an accepted minion of the same master, not
+    # targeted. It names the run in its own pillar request and reads the mine: it gets
+    # neither the torrent, nor its passkey, nor the deploy's key.
+    case.pillar(targets={"tracker": "tracker", "seeder": "seeder", "peer": "web1"})
+    plan = lssd_env.salt_run.run("lssd.plan").data
+    assert plan["roles"]["peer"] == ["web1"], plan
+    run_id = plan["run_id"]
+    ask = ["pillar.items", "pillar=" + json.dumps({"lssd": {"run_id": run_id}})]
+    try:
+        ret = lssd_env.salt.run("state.apply", "lssd.seeder", "pillar=" + json.dumps(plan["run_pillar"]),
+                                minion_tgt="seeder")
+        assert ret.returncode == 0, ret.stdout
+        served = lssd_env.call("web1", *ask).get("lssd_run")
+        entry = served["published"]["seeder"][f"lssd_torrent_{case.tag}"]
+        assert entry["run_id"] == run_id and entry["torrent"] and entry["credentials"]["key"]
+        outsider = json.dumps(lssd_env.call("web2", *ask))
+        assert "lssd_run" not in outsider and entry["credentials"]["key"] not in outsider
+        assert lssd_env.call("web2", "mine.get", "seeder", f"lssd_torrent_{case.tag}") == {}
+        assert lssd_env.salt_run.run("lssd.run_end", run_id).data["forgotten"] is True
+        assert "lssd_run" not in lssd_env.call("web1", *ask)
+    finally:
+        lssd_env.salt.run("lssd.seed_stop", case.tag, minion_tgt="seeder")
+        lssd_env.salt_run.run("lssd.run_end", run_id)
+
+
+def test_a_run_interrupted_after_seeding_does_not_break_the_next_run_of_the_tag(lssd_env, case):
+    # An earlier run (its salt-run killed) left the tracker and the seeder running, its entry
+    # published for its own run id. The next run of the same tag must publish for itself.
+    earlier = lssd_env.salt_run.run("lssd.plan").data
+    try:
+        for role, sls in (("tracker", "lssd.tracker"), ("seeder", "lssd.seeder")):
+            ret = lssd_env.salt.run("state.apply", sls, "pillar=" + json.dumps(earlier["run_pillar"]), minion_tgt=role)
+            assert ret.returncode == 0, ret.stdout
+        states = assert_ok(lssd_env.orchestrate())
+        seeding = minion_states(states["lssd-seeder"])["seeder"]
+        assert any("published" in str(s.get("comment")) or s.get("changes") for s in seeding.values()), seeding
+        for peer in PEERS:
+            assert case.tags_in(peer) == [case.tag]
+    finally:
+        lssd_env.salt.run("lssd.seed_stop", case.tag, minion_tgt="seeder")
+        lssd_env.salt.run("lssd.tracker_stop", minion_tgt="tracker")
+        lssd_env.salt_run.run("lssd.run_end", earlier["run_id"])
+
+
+def test_a_down_peer_is_named_before_any_job_and_skip_deploys_the_others(lssd_env, case):
+    with lssd_env.minions["web2"].stopped():
+        errors = orchestrate_errors(lssd_env.orchestrate())
+        assert "down: web2 did not answer test.ping within 10s" in errors, errors
+        assert "lssd:unreachable is fail" in errors, errors
+        assert_no_job_ran(lssd_env, case)
+        case.pillar(unreachable="skip")
+        ret = lssd_env.orchestrate()
+        states = orchestrate_states(ret)
+        assert ret.returncode != 0
+        assert states["lssd-down"]["result"] is False and "down: web2" in states["lssd-down"]["comment"], states
+        assert states["lssd-peers"]["result"] is True, states["lssd-peers"]
+        assert case.tags_in("web1") == [case.tag]
+        assert states["lssd-stop-seeding"]["result"] is True and states["lssd-stop-tracker"]["result"] is True

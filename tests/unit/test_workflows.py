@@ -11,18 +11,32 @@ import time
 
 import pytest
 from lssd_testutil import make_build_tree
-from salt_lssd import LssdError, NotPublished, deploy, inventory, mine, plans, seeder, tag_grains
+from salt_lssd import LssdError, NotPublished, channel, deploy, inventory, mine, plans, seeder, tag_grains
 from salt_lssd.common import Layout, read_json, write_json_atomic
 from salt_lssd.minion import Minion, event_bus_up
 
 
 class Fleet:
-    """Minions sharing one in-memory mine, as a master would hold it."""
+    """Minions sharing one in-memory mine, as a master would hold it, and the master's run
+    channel (``channel.serve``, as its ext_pillar runs it) over that mine."""
 
     def __init__(self, root):
         self.root = root
         self.mine = {}  # alias -> {minion id: entry}
         self.events = []
+        self.master_opts = {"cachedir": os.path.join(root, "master-cache")}
+
+    def plan_run(self, run_id, tag, tracker=("build01",), seeder=("build01",), peer=("web1",), app=None):
+        """Register run ``run_id`` with the master, as the run plan does."""
+        channel.register(self.master_opts, run_id, tag, app,
+                         {"tracker": list(tracker), "seeder": list(seeder), "peer": list(peer)})
+
+    def _pillar_items(self, name, pillar):
+        def mine_cache(who):
+            return {alias: entries[who] for alias, entries in self.mine.items() if who in entries}
+
+        served = channel.serve(self.master_opts, name, {"lssd": dict((pillar or {}).get("lssd") or {})}, mine_cache)
+        return dict(pillar or {}, **served)
 
     def minion(self, name, **lssd):
         # With a master, mine entries are read only from the targeted roles.
@@ -43,6 +57,7 @@ class Fleet:
 
         salt = {
             "config.get": config_get,
+            "pillar.items": lambda pillar=None, unmask=None: self._pillar_items(name, pillar),
             "mine.get": mine_get,
             "mine.send": lambda alias, mine_function, **kw: None,
             "mine.delete": lambda alias: self.mine.get(alias, {}).pop(name, None),
@@ -297,6 +312,8 @@ def test_a_peer_of_a_run_takes_only_that_runs_entry_and_waits_for_it(fleet, tmp_
     # The orchestrate starts the peers while the seeder packs: an entry of an earlier run of
     # the same tag must not count, and the run's entry, once published, must be taken.
     build = make_build_tree(tmp_path / "build", data_mb=1)
+    fleet.plan_run("run-1", "T1")
+    fleet.plan_run("run-2", "T1")
     seeding = fleet.minion("build01", seeder_files_path=build, tracker={"host": "127.0.0.1", "port": 6969},
                            run_id="run-1")
     made = seeder.create_torrent(seeding, "T1")
@@ -308,6 +325,38 @@ def test_a_peer_of_a_run_takes_only_that_runs_entry_and_waits_for_it(fleet, tmp_
     fleet.publish(fleet.minion("build01", seeder_files_path=build, run_id="run-2"), "T1")
     found = deploy.lookup(peer, "T1", wait=True)
     assert (found["run_id"], found["sha256"]) == ("run-2", made["sha256"])
+
+
+def test_the_run_channel_serves_only_the_runs_minions_and_the_runs_own_entry(fleet, tmp_path):
+    build = make_build_tree(tmp_path / "build", data_mb=1)
+    fleet.plan_run("run-a", "T1", peer=("web1",))
+    seeding = fleet.minion("build01", seeder_files_path=build, tracker={"host": "127.0.0.1", "port": 6969},
+                           run_id="run-a")
+    seeder.create_torrent(seeding, "T1")
+    fleet.publish(seeding, "T1")
+    # An accepted minion that is not the run's seeder publishes its own entry for the run.
+    rogue = fleet.minion("web9", seeder_files_path=build, tracker={"host": "127.0.0.1", "port": 6969},
+                         run_id="run-a")
+    seeder.create_torrent(rogue, "T1")
+    fleet.publish(rogue, "T1")
+    alias = mine.torrent_alias("T1")
+    served = fleet.minion("web1", run_id="run-a").run_pillar("run-a", fresh=True)
+    assert set(served) == {"build01"} and served["build01"][alias]["run_id"] == "run-a"
+    # Not a member: nothing, whatever run id its own pillar names.
+    assert fleet.minion("web9", run_id="run-a").run_pillar("run-a", fresh=True) == {}
+    # A member, but the seeder's entry is another run's: not served (its passkey and key).
+    fleet.plan_run("run-b", "T1", peer=("web1",))
+    assert fleet.minion("web1", run_id="run-b").run_pillar("run-b", fresh=True) == {}
+    # A forgotten run serves nothing more.
+    channel.forget(fleet.master_opts, "run-a")
+    assert fleet.minion("web1", run_id="run-a").run_pillar("run-a", fresh=True) == {}
+
+
+def test_the_run_channel_refuses_a_run_id_that_is_a_path(fleet):
+    assert channel.serve(fleet.master_opts, "web1", {"lssd": {"run_id": "../x"}}, lambda who: {}) == {}
+    assert channel.serve(fleet.master_opts, "web1", {"lssd": {"run_id": None}}, lambda who: {}) == {}
+    with pytest.raises(LssdError, match="run id '../x' is not a run id"):
+        channel.forget(fleet.master_opts, "../x")
 
 
 def test_an_aborted_run_ends_the_wait_naming_the_reason(fleet, tmp_path):

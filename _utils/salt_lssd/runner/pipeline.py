@@ -24,32 +24,36 @@ from salt_lssd import LssdError
 from salt_lssd.runner import table
 from salt_lssd.runner.display import Display, mode_for
 from salt_lssd.runner.jobs import Bus, succeeded
-from salt_lssd.runner.settings import batch_size, master_pillar, run_settings
+from salt_lssd import channel
+from salt_lssd.runner import plan as run_plan
+from salt_lssd.runner.settings import master_pillar
 from salt_lssd.runner.view import SwarmView
 
 SEEDER_POLL = 5.0
+DOWN = "down: did not answer test.ping before the run (lssd:unreachable skip); not deployed"
 
 
 def deploy(opts, display=None, pillar=None, **overrides):
     """Run one deploy; the return data has the per-minion rows and ``retcode`` 1 on failure."""
-    settings = run_settings(master_pillar(opts, pillar), opts["id"], overrides)
+    plan = run_plan.make(opts, (master_pillar(opts, pillar) or {}).get("lssd") or {}, overrides)
     bus = Bus(opts)
     try:
-        return Deploy(bus, display or Display(mode_for(opts)), settings).execute()
+        return Deploy(bus, display or Display(mode_for(opts)), plan).execute()
     finally:
         bus.close()
+        channel.forget(opts, plan["run_id"])
 
 
 class Deploy:
-    def __init__(self, bus, display, settings):
+    def __init__(self, bus, display, plan):
         self.bus = bus
         self.display = display
-        self.settings = settings
-        self.tag = settings["tag"]
-        self.app = settings.get("app")
+        self.plan = plan
+        self.tag = plan["tag"]
+        self.app = plan["app"]
         self.app_kwarg = {"app": self.app} if self.app else {}
-        self.pillar = {"pillar": settings["run_pillar"]}
-        self.job_timeout = settings["job_timeout"]
+        self.pillar = {"pillar": plan["run_pillar"]}
+        self.job_timeout = plan["job_timeout"]
         self.view = SwarmView(self.tag)
         self.rows = {}
         self.out = {"tag": self.tag, "result": True, "phases": {}, "minions": self.rows, "jids": {}}
@@ -57,34 +61,24 @@ class Deploy:
         self._aborted = False
         self.seeders = []
 
-    def _targets(self):
-        found = {}
-        for role in ("tracker", "seeder", "peer"):
-            expr = self.settings[f"targets:{role}"]
-            found[role] = self.bus.minions(expr)
-            if not found[role]:
-                raise LssdError(
-                    f"lssd:targets:{role} {expr!r} matches no minion the master knows (an accepted "
-                    f"key with cached grains); check it with salt -C {expr!r} test.ping"
-                )
-        return found
-
     def execute(self):
-        targets = self._targets()
+        targets = self.plan["roles"]
+        for minion in self.plan["down"]:
+            self.rows[minion] = table.row(minion, False, DOWN)
         self.seeders = targets["seeder"]
         self.display.phase("deploy", f"tag {self.tag}: tracker {', '.join(targets['tracker'])}, "
                                      f"seeder {', '.join(targets['seeder'])}, {len(targets['peer'])} peers")
         try:
             # As lssd.orch.deploy: tracker, seeder and the registration (waiting for the torrent
             # the seeder publishes for this run, lssd:run_id) together; the peers after them.
-            run_id = self.settings["run_pillar"]["lssd"]["run_id"]
+            run_id = self.plan["run_id"]
             control = [
                 self._control("tracker", targets, targets["tracker"], "state.high",
                               [high("tracker_running", "lssd-tracker")], dict(self.pillar, concurrent=True)),
                 self._control("seeder", targets, targets["seeder"], "state.high",
                               [high("seeding", self.tag)], dict(self.pillar, concurrent=True)),
                 self._control("allow", targets, targets["tracker"], "lssd.tracker_allow", [self.tag],
-                              dict(self.app_kwarg, seeder=targets["seeder"], run_id=run_id, wait=self.job_timeout),
+                              dict(self.app_kwarg, run_id=run_id, wait=self.job_timeout),
                               timeout=2 * self.job_timeout),
             ]
             self.bus.wait(control)
@@ -127,8 +121,8 @@ class Deploy:
             return
         self._aborted = True
         reason = f"the {name} of this run failed on {', '.join(self.out['phases'][name]['failed'])}"
-        self.bus.publish(sorted(set(targets["tracker"]) | set(self.seeders)), "lssd.abort_run", [self.settings["run_pillar"]["lssd"]["run_id"]], {"reason": reason},
-                         timeout=self.job_timeout)
+        self.bus.publish(sorted(set(targets["tracker"]) | set(self.seeders)), "lssd.abort_run", [self.plan["run_id"]],
+                         {"reason": reason}, timeout=self.job_timeout)
 
     def _stop(self, targets):
         jobs = [self.bus.publish(targets["seeder"], "lssd.seed_stop", [self.tag], self.app_kwarg or None,
@@ -143,16 +137,16 @@ class Deploy:
     def _peers(self, targets):
         peers = targets["peer"]
         self.view.add(peers)
-        canary = self._canary(peers)
-        waves = [canary, [p for p in peers if p not in canary]] if canary else [peers]
+        waves = self.plan["waves"]
+        canary = waves[0]["minions"] if waves[0]["name"] == "canary" else []
         self.display.phase("peers", f"{len(peers)} peers" + (f", canary first: {', '.join(canary)}" if canary else "")
-                           + (f", batch {self.settings['batch']}" if self.settings.get("batch") else ""))
+                           + (f", batch {self.plan['batch']}" if self.plan["batch"] else ""))
         self.bus.listeners.append(self.view.on_event)
         self.bus.ticks.append(self._tick)
         try:
-            for number, wave in enumerate(w for w in waves if w):
+            for number, wave in enumerate(waves):
                 if not self._wave(wave) and canary and number == 0:
-                    for minion in waves[1]:
+                    for minion in (m for later in waves[1:] for m in later["minions"]):
                         self.view.finished(minion, False, "not deployed: a canary failed")
                         self.rows[minion] = table.row(minion, False, "not deployed: a canary failed")
                     break
@@ -160,25 +154,13 @@ class Deploy:
             self.bus.ticks.remove(self._tick)
             self.display.end_swarm(self.view)
 
-    def _canary(self, peers):
-        canary = self.settings.get("canary")
-        if canary in (None, ""):
-            return []
-        if isinstance(canary, int) or str(canary).strip().isdigit():
-            count = int(str(canary).strip())
-            if count < 1:
-                raise LssdError(f"lssd:canary {canary!r} must be a count of 1 or more, or a compound target")
-            return peers[:count]
-        chosen = self.bus.minions(f"( {self.settings['targets:peer']} ) and ( {canary} )")
-        if not chosen:
-            raise LssdError(f"lssd:canary {canary!r} matches none of the peers of lssd:targets:peer")
-        return chosen
-
-    def _wave(self, minions):
-        """Deploy ``minions``, ``batch`` of them at a time (a sliding window, as Salt's batch)."""
-        size = batch_size(self.settings.get("batch"), len(minions))
+    def _wave(self, wave):
+        """Deploy the ``wave``'s minions, ``batch`` of them at a time (a sliding window, as
+        Salt's batch)."""
+        minions = wave["minions"]
+        size = run_plan.wave_size(self.plan, wave)
         queue, jobs = list(minions), []
-        timeout = self.settings["timeout"] + self.job_timeout
+        timeout = self.plan["peer_timeout"]
         # A number, not True: Salt 3008 defers a queue=True run and returns at once; a number
         # keeps a peer that is also the tracker or seeder waiting behind their state runs.
         kwarg = dict(self.pillar, queue=100)

@@ -13,7 +13,7 @@ from salt_lssd.settings import REQUIRED, check, default
 
 # The run-wide keys, in the order a missing one is reported.
 KEYS = ("tag", "targets:tracker", "targets:seeder", "targets:peer", "batch", "canary", "timeout", "job_timeout",
-        "app")
+        "app", "reach_timeout", "unreachable")
 
 
 def master_pillar(opts, pillar_override=None):
