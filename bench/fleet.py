@@ -507,19 +507,26 @@ def deploy(args, work, records):
                                          f'pillar={{"lssd": {{"tag": "{tag}"}}}}')
                 cpu0 = session_cpu(master.pid)
                 launched, t0 = datetime.datetime.now(), time.monotonic()
-                with tempfile.TemporaryFile() as out:
-                    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=d.work)
+                # stdout holds the JSON; Salt's warnings go to stderr, kept beside it.
+                out_path = os.path.join(d.work, f"orchestrate-{tag}.json")
+                with open(out_path, "wb") as out, open(out_path + ".err", "wb") as err:
+                    proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=d.work)
+                    # wait4 gives the salt-run process's own CPU: the orchestrate renders there.
                     _, status, usage = os.wait4(proc.pid, 0)
                     proc.returncode = os.waitstatus_to_exitcode(status)
-                    wall = time.monotonic() - t0
-                    out.seek(0)
-                    text = out.read().decode("utf-8", "replace")
+                wall = time.monotonic() - t0
+                with open(out_path, encoding="utf-8", errors="replace") as fh:
+                    text = fh.read()
                 master_cpu = session_cpu(master.pid) - cpu0
                 run_cpu = usage.ru_utime + usage.ru_stime
-                data = demo._last_json(text) or {}
+                try:
+                    data = json.loads(text)
+                except ValueError:
+                    data = demo._last_json(text) or {}
                 try:
                     states = demo.orchestrate_states(data)
-                except (RuntimeError, ValueError, AttributeError):
+                except (RuntimeError, ValueError, AttributeError) as exc:
+                    log(f"  could not read the orchestrate's states ({exc}); see {out_path}")
                     states = {}
                 ok = bool(states) and data.get("retcode") == 0 and all(
                     s.get("result") is True for s in states.values())
@@ -535,7 +542,7 @@ def deploy(args, work, records):
                     f"master {master_cpu:.1f} + salt-run {run_cpu:.1f} CPU-s, render "
                     + (f"{render:.1f} s" if render is not None else "?"))
                 if not ok:
-                    raise RuntimeError(f"the deploy of {tag} failed:\n{text[-3000:]}")
+                    raise RuntimeError(f"the deploy of {tag} failed: see {out_path}")
     finally:
         try:
             if d.daemons:
