@@ -323,6 +323,14 @@ class ReplayMaster:
     def cpu(self):
         return session_cpu(self.proc.pid)
 
+    def settle(self, below=0.1, timeout=90):
+        """Wait until the master has finished starting (its workers load their modules for a
+        while after the port opens): an idle rate measured during that would be subtracted
+        from every round."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.idle_rate(1) >= below:
+            pass
+
     def idle_rate(self, seconds):
         """The master's CPU per second with no requests (its maintenance and publisher loops):
         the least of one-second windows, since a window may catch the end of earlier work."""
@@ -403,6 +411,7 @@ def replay(args, work, records):
     try:
         os.makedirs(master.work, exist_ok=True)
         master.start()
+        master.settle()
         minion_conf, pub, grains = _seeder_identity(master.work, master)
         _publish_torrent_entry(master)
         profiles = [p for p in args.profiles if p in REPLAY_PROFILES]
