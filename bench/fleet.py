@@ -641,6 +641,9 @@ def main(argv=None):
     meta = {"date": datetime.date.today().isoformat(), "argv": sys.argv, "cpus": os.cpu_count()}
     # SIGTERM unwinds like Ctrl-C, through the finally blocks that stop what was started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # A shell starts background jobs with SIGINT ignored, and Python keeps that: Ctrl-C (or
+    # kill -INT) must reach the finally below wherever the bench was started from.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     status = 1
     try:
         if any(p in REPLAY_PROFILES for p in args.profiles):
