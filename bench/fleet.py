@@ -427,7 +427,8 @@ def replay(args, work, records):
             sample = [fakefleet.fake_id(i) for i in range(0, 2 * sample_n, 2)]
             auth = clients.auth(sample)
             if auth["ok"] != len(sample):
-                raise RuntimeError(f"{len(sample) - auth['ok']} fake ids failed to authenticate: {auth['errors']}")
+                raise RuntimeError(f"{len(sample) - auth['ok']} fake ids failed to authenticate: "
+                                   f"{auth['errors']}")
             idle = master.idle_rate(args.idle_seconds)
             scale = calibrate()
             log(f"  {len(sample)} fake ids authenticated; master idle {idle * 1000:.1f} ms CPU/s")
@@ -539,7 +540,8 @@ def deploy(args, work, records):
                     states = {}
                 ok = bool(states) and data.get("retcode") == 0 and all(
                     s.get("result") is True for s in states.values())
-                starts = [_start_time_of(s["start_time"], launched) for s in states.values() if s.get("start_time")]
+                starts = [_start_time_of(s["start_time"], launched)
+                          for s in states.values() if s.get("start_time")]
                 render = min(starts) if starts else None
                 record = {"part": "deploy", "fakes": fakes, "round": rnd, "tag": tag, "ok": ok,
                           "peers": args.peers, "size_mb": args.size_mb, "wall_s": wall,
@@ -591,7 +593,8 @@ def table(records):
     if deploys:
         lines.append("")
         lines.append("orchestrate deploy (median of runs)")
-        lines.append("| fake minions | runs | wall s | master CPU-s | salt-run CPU-s | total CPU-s | render s |")
+        lines.append("| fake minions | runs | wall s | master CPU-s | salt-run CPU-s | total CPU-s "
+                     "| render s |")
         lines.append("|---|---|---|---|---|---|---|")
         for fakes in sorted({r["fakes"] for r in deploys}):
             rs = [r for r in deploys if r["fakes"] == fakes]
@@ -615,14 +618,19 @@ def main(argv=None):
     parser.add_argument("--procs", type=int, default=4, help="client processes (default 4)")
     parser.add_argument("--inflight", type=int, default=2, help="requests in flight per client (default 2)")
     parser.add_argument("--idle-seconds", type=float, default=5, help="idle measurement per N (default 5)")
-    parser.add_argument("--worker-threads", type=int, default=0, help="master worker_threads (default: Salt's)")
+    parser.add_argument("--worker-threads", type=int, default=0,
+                        help="master worker_threads (default: Salt's)")
     parser.add_argument("--ext-pillar", action="store_true",
-                        help="master ext_pillar [{lssd: {}}] and the run id as pillar_override of each _pillar")
-    parser.add_argument("--pillar-override", help="JSON pillar_override of each _pillar (overrides the run id)")
+                        help="master ext_pillar [{lssd: {}}] and the run id as each _pillar's "
+                             "pillar_override")
+    parser.add_argument("--pillar-override",
+                        help="JSON pillar_override of each _pillar (instead of the run id)")
     parser.add_argument("--peers", type=int, default=2, help="deploy: real peers (default 2)")
     parser.add_argument("--size-mb", type=int, default=8, help="deploy: build size (default 8)")
-    parser.add_argument("--repeat", type=int, default=3, help="deploy: runs with and without fakes (default 3)")
-    parser.add_argument("--deploy-fakes", type=int, default=10000, help="deploy: fake minions (default 10000)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="deploy: runs with and without fakes (default 3)")
+    parser.add_argument("--deploy-fakes", type=int, default=10000,
+                        help="deploy: fake minions (default 10000)")
     parser.add_argument("--json", help="write every round's record here")
     parser.add_argument("--work", help="directory to work in (default: a new temporary one, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
