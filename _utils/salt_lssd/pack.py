@@ -232,6 +232,23 @@ def _kind(mode):
     return "special file"
 
 
+def open_regular(path):
+    """A read-only file descriptor of ``path``, which must be a regular file: anything else
+    (FIFO, device, socket, symlink) raises LssdError naming what it is, and never blocks.
+    The lstat refuses before any open; O_NONBLOCK makes a FIFO swapped in meanwhile open at
+    once instead of waiting for a writer, O_NOFOLLOW refuses a symlink, and the fstat checks
+    what was opened. (O_NONBLOCK changes nothing for a regular file's reads.) An unreadable
+    path raises OSError."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISREG(mode):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            return fd
+        os.close(fd)
+    raise LssdError(f"{path!r} is a {_kind(mode)}, not a regular file")
+
+
 class _HashingWriter:
     """A file object that hashes what passes through it to ``out``."""
 
@@ -314,7 +331,7 @@ def _write_tar(sink, files_path, members):
                 # Whole seconds: a float mtime costs a pax header per member.
                 info.mtime = int(info.mtime)
                 if info.isreg():
-                    with open(path, "rb") as fh:
+                    with os.fdopen(open_regular(path), "rb") as fh:
                         tar.addfile(info, fh)
                     input_bytes += info.size
                 else:
@@ -413,7 +430,10 @@ def _pack_file(files_path, archive_dir, tag):
     archive = os.path.join(archive_dir, f"{tag}--{file_name}")
     try:
         mode = stat.S_IMODE(os.stat(files_path).st_mode) & 0o777
-        with atomic_output(archive, mode, prefix=f".{tag}.") as out, open(files_path, "rb") as src:
+        # A symlinked files_path is followed once, here; what it names must be a regular file
+        # (a FIFO would block the copy until something writes to it).
+        source = os.fdopen(open_regular(os.path.realpath(files_path)), "rb")
+        with source as src, atomic_output(archive, mode, prefix=f".{tag}.") as out:
             sink = _HashingWriter(out)
             shutil.copyfileobj(src, sink, CHUNK)
             size = out.tell()

@@ -44,7 +44,7 @@ def hash_file(path, size, piece_size, padded=True):
     pieces = []
     done = 0
     try:
-        with open(path, "rb", buffering=0) as fh:
+        with os.fdopen(pack.open_regular(path), "rb", buffering=0) as fh:
             while True:
                 block = fh.read(piece_size)
                 if not block:

@@ -5,6 +5,9 @@ import json
 import os
 import pathlib
 import shutil
+import socket
+import threading
+import time
 
 import pytest
 from lssd_testutil import EXCLUDED, make_build_tree, tree_manifest, without
@@ -149,6 +152,59 @@ def test_a_candidate_is_placed_only_if_its_content_matches(tmp_path):
     assert os.stat(tmp_path / "tree" / "a" / "b").st_ino != os.stat(good).st_ino  # a copy, never a link
     assert delta.place({want["sha256"]: [str(bad)]}, [want], str(tmp_path / "other")) == ([], 0)
     assert not (tmp_path / "other" / "a" / "b").exists()
+
+
+def _unblocking(call, fifo):
+    """``call()``'s value (or exception), failing the test (not hanging it) if it blocks on
+    ``fifo``: a writer that opens and closes the FIFO releases a reader stuck in open()."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = call()
+        except Exception as exc:  # pylint: disable=broad-except
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(30)
+        pytest.fail(f"blocked on the FIFO {fifo}")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_a_candidate_that_is_not_a_regular_file_is_skipped_without_blocking(tmp_path):
+    fifo, link, sock, good = tmp_path / "fifo", tmp_path / "link", tmp_path / "sock", tmp_path / "good"
+    good.write_bytes(b"same bytes")
+    os.mkfifo(fifo)
+    os.symlink(good, link)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(sock))
+        want = {"path": "a/b", "kind": "file", "size": 10, "sha256": hashlib.sha256(b"same bytes").hexdigest()}
+        found = {want["sha256"]: [str(fifo), str(link), str(sock)]}
+        assert _unblocking(lambda: delta.place(found, [want], str(tmp_path / "tree")), fifo) == ([], 0)
+        assert not (tmp_path / "tree" / "a" / "b").exists()
+        found[want["sha256"]].append(str(good))
+        assert _unblocking(lambda: delta.place(found, [want], str(tmp_path / "tree")), fifo) == (["a/b"], 10)
+
+
+def test_placing_stops_at_the_deadline(tmp_path):
+    (tmp_path / "held").write_bytes(b"same bytes")
+    want = {"path": "a", "kind": "file", "size": 10, "sha256": hashlib.sha256(b"same bytes").hexdigest()}
+    found = {want["sha256"]: [str(tmp_path / "held")]}
+    assert delta.place(found, [want], str(tmp_path / "tree"), deadline=time.monotonic() - 1) == ([], 0)
+    assert delta.place(found, [want], str(tmp_path / "tree"), deadline=time.monotonic() + 60) == (["a"], 10)
+
+
+def test_hashing_refuses_a_fifo_at_once(tmp_path):
+    fifo = tmp_path / "swapped"
+    os.mkfifo(fifo)
+    with pytest.raises(LssdError, match=f"'{fifo}' is a fifo, not a regular file"):
+        _unblocking(lambda: tree.hash_file(str(fifo), 10, 16384), fifo)
 
 
 def test_manifest_is_deterministic(build, tmp_path):
