@@ -4,15 +4,17 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import threading
 import time
 
+import libtorrent as lt
 import pytest
 from lssd_testutil import EXCLUDED, make_build_tree, tree_manifest, without
 
-from salt_lssd import LssdError, bencode, delta, install, mine, settings, tree
+from salt_lssd import LssdError, bencode, delta, install, mine, pack, settings, tree
 from salt_lssd import torrent as metainfo
 
 URL = "http://127.0.0.1:8998/announce"
@@ -91,6 +93,53 @@ def test_what_packing_refuses_tree_mode_refuses(build, tmp_path):
     os.symlink("/etc/passwd", build / "escape")
     with pytest.raises(LssdError, match="points outside files_path"):
         tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for_files)
+
+
+@pytest.mark.parametrize("name, says", [
+    ("a\nb", r"file name 'a\\nb' in {dir} contains a control character \(newline\); BitTorrent clients rewrite"),
+    ("a\x01b", r"file name 'a\\x01b' in {dir} contains a control character \(U\+0001\)"),
+    ("a\x85b", r"file name 'a\\x85b' in {dir} contains a control character \(U\+0085\)"),
+    ("a\u200bb", r"file name 'a\\u200bb' in {dir} contains an invisible formatting character "
+                 r"\(U\+200B ZERO WIDTH SPACE\)"),
+    ("a\u202eb", r"contains an invisible formatting character \(U\+202E RIGHT-TO-LEFT OVERRIDE\)"),
+    ("a\\b", r"file name 'a\\\\b' in {dir} contains a backslash"),
+    (os.fsdecode(b"a\xffb"), r"file name b'a\\xffb' in {dir} is not UTF-8 \(byte 0xff\); torrents carry UTF-8 names"),
+    ("x" * 241, r"file name 'x{{241}}' in {dir} is 241 bytes long; BitTorrent clients cut names to 240 bytes"),
+], ids=["newline", "control", "c1-control", "zero-width", "bidi", "backslash", "not-utf8", "too-long"])
+@pytest.mark.parametrize("where", ["top", "subdir"])
+def test_names_bittorrent_clients_rewrite_are_refused_naming_the_file(build, tmp_path, name, says, where):
+    parent = build if where == "top" else build / "lib"
+    (parent / os.fsencode(name).decode("utf-8", "surrogateescape")).write_bytes(b"x")
+    with pytest.raises(LssdError, match=says.format(dir=re.escape(str(parent)))):
+        tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for_files)
+
+
+def test_a_directory_with_such_a_name_is_refused_before_its_files(build, tmp_path):
+    (build / "bad\ndir").mkdir()
+    (build / "bad\ndir" / "fine.txt").write_bytes(b"x")
+    with pytest.raises(LssdError, match=rf"file name 'bad\\ndir' in {re.escape(str(build))} contains a control"):
+        tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for_files)
+
+
+def test_names_bittorrent_clients_keep_are_accepted_as_they_are(build, tmp_path):
+    names = ["caf\u00e9 menu.txt", "e\u0301", "a:b*c?", "trailing. ", "\U0001F600", "x" * 240]
+    for name in names:
+        (build / name).write_bytes(b"x")
+    built, made = built_torrent(build, tmp_path)
+    info = lt.torrent_info(made["torrent"])
+    on_the_wire = {info.layout().file_path(i).split("/", 1)[1] for i in range(info.num_files())}
+    assert set(names) <= on_the_wire
+
+
+def test_path_is_file_refuses_a_file_name_clients_rewrite(tmp_path):
+    for name, says in [("build\n.bin", "contains a control character (newline)"),
+                       (os.fsdecode(b"build\xff.bin"), "is not UTF-8 (byte 0xff)")]:
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        with pytest.raises(LssdError) as err:
+            pack.pack(str(path), str(tmp_path / "archives"), "T1", path_is_file=True)
+        assert says in str(err.value) and str(tmp_path) in str(err.value), err.value
+        assert not os.path.exists(tmp_path / "archives") or os.listdir(tmp_path / "archives") == []
 
 
 def test_mode_setting_names_the_value_and_what_is_allowed():
