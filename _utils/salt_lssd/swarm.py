@@ -25,7 +25,7 @@ import os
 import re
 import time
 
-from salt_lssd import LssdError, tracker
+from salt_lssd import LssdError, credentials, tracker
 
 # Peer-id prefixes (Azureus style) that tell the seeder from other peers, so a peer can report
 # how many bytes came from the seeder and how many from its neighbours.
@@ -178,6 +178,16 @@ def slice_url(announce_url):
 
 
 def run(role, reporter):
+    try:
+        _run(role, reporter)
+    finally:
+        if role == "peer":
+            # The deploy's key a peer is given in its run directory serves this process
+            # alone: it goes when the process ends (completed, failed, stopped or lingered).
+            credentials.remove(reporter.run_dir)
+
+
+def _run(role, reporter):
     import libtorrent as lt
 
     config = reporter.config
