@@ -82,14 +82,28 @@ def make(directory, tag):
     return dict(paths, ca=_pem(ca), cert=_pem(cert), key=key_pem)
 
 
+def _paths(directory):
+    return {name: os.path.join(directory, f"ssl-{name[:-5]}.pem") for name in ("cert_path", "key_path", "dh_path")}
+
+
 def install(directory, cert, key):
     """Write a participant's certificate and key where its process reads them (mode 0600)."""
     ensure_dir(directory)
-    paths = {name: os.path.join(directory, f"ssl-{name[:-5]}.pem") for name in ("cert_path", "key_path", "dh_path")}
+    paths = _paths(directory)
     write_atomic(paths["cert_path"], cert)
     write_atomic(paths["key_path"], key)
     write_atomic(paths["dh_path"], FFDHE2048)
     return paths
+
+
+def remove(directory):
+    """Remove what ``install`` wrote in ``directory``: a peer's key is no use once its process
+    has ended, and left on disk it would let anyone who reads it later join the deploy."""
+    for path in _paths(directory).values():
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def beside(torrent_path):

@@ -12,9 +12,10 @@ SHA-256 came through the torrent), and the install checks every file once more.
 
 import hashlib
 import os
+import time
 
 from salt_lssd import LssdError, inventory, tree
-from salt_lssd.pack import CHUNK
+from salt_lssd.pack import CHUNK, open_regular
 
 
 def candidates(minion, tag):
@@ -36,13 +37,16 @@ def candidates(minion, tag):
     return found
 
 
-def place(found, entries, tree_dir):
-    """Copy into ``tree_dir`` each file of ``entries`` a candidate holds with the same content;
-    returns (paths placed, bytes placed)."""
+def place(found, entries, tree_dir, deadline=None):
+    """Copy into ``tree_dir`` each file of ``entries`` a candidate holds with the same content,
+    until the monotonic ``deadline`` (what is not placed by then is downloaded, and the
+    download's own wait ends at the same deadline); returns (paths placed, bytes placed)."""
     paths, placed = [], 0
     for entry in entries:
         if entry.get("kind") != "file" or not entry.get("size"):
             continue
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         dest = os.path.join(tree_dir, _relative(entry["path"]))
         for source in found.get(entry["sha256"], ()):
             if _copy_if_same(source, dest, entry["size"], entry["sha256"]):
@@ -64,8 +68,10 @@ def _copy_if_same(source, dest, size, sha256):
     """Copy ``source`` to ``dest`` hashing it on the way (one read); keep the copy only if it
     has ``size`` bytes with ``sha256``. Unreadable candidates are skipped."""
     try:
-        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+        # A held file that is no longer a regular file (a FIFO or device put in its place) is
+        # not reused: opening a FIFO for reading would wait for a writer that never comes.
+        src = open_regular(source)
+    except (OSError, LssdError):
         return False
     try:
         if os.fstat(src).st_size != size:

@@ -807,7 +807,9 @@ class _TreePlacer(_Extractor):
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         else:
             try:
-                fd = os.open(os.path.join(self.source, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                # O_NONBLOCK: a FIFO in the download opens at once, and _check refuses it.
+                flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(os.path.join(self.source, rel), flags)
             except OSError as exc:
                 raise LssdError(
                     f"file {rel!r} of the manifest is not in the download: {exc.strerror}"

@@ -22,6 +22,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
+import unicodedata
 
 from salt_lssd import LssdError
 from salt_lssd.common import atomic_output, ensure_dir, validate_tag
@@ -232,6 +233,69 @@ def _kind(mode):
     return "special file"
 
 
+# What libtorrent does with a file name in a torrent (other clients do alike): a control
+# character becomes "_", an invisible formatting character (zero-width, bidirectional mark)
+# or a backslash is dropped, bytes that are not UTF-8 become "_", and a name is cut to 240
+# bytes. A peer would then write, or look for, another name than the seeder's.
+MAX_TORRENT_NAME = 240
+_CHAR_NAMES = {"\n": "newline", "\r": "carriage return", "\t": "tab", "\x7f": "delete"}
+
+
+def check_torrent_name(name, directory):
+    """LssdError naming ``name`` (one path component, as os.listdir gives it) and the
+    ``directory`` that holds it, if BitTorrent clients cannot carry it as it is."""
+    raw = os.fsencode(name)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LssdError(
+            f"file name {raw!r} in {directory} is not UTF-8 (byte 0x{raw[exc.start]:02x}); torrents carry "
+            "UTF-8 names and BitTorrent clients rewrite others: rename it or exclude it"
+        ) from None
+    for char in name:
+        what = _rewritten(char)
+        if what:
+            raise LssdError(
+                f"file name {name!r} in {directory} contains {what}; BitTorrent clients rewrite such "
+                "names: rename it or exclude it"
+            )
+    if len(raw) > MAX_TORRENT_NAME:
+        raise LssdError(
+            f"file name {name!r} in {directory} is {len(raw)} bytes long; BitTorrent clients cut names "
+            f"to {MAX_TORRENT_NAME} bytes: rename it or exclude it"
+        )
+
+
+def _rewritten(char):
+    """What ``char`` is, if BitTorrent clients drop or replace it in a file name."""
+    category = unicodedata.category(char)
+    if category == "Cc":
+        return f"a control character ({_CHAR_NAMES.get(char) or f'U+{ord(char):04X}'})"
+    if category == "Cf":
+        label = " ".join(filter(None, (f"U+{ord(char):04X}", unicodedata.name(char, ""))))
+        return f"an invisible formatting character ({label})"
+    if char == "\\":
+        return "a backslash"
+    return None
+
+
+def open_regular(path):
+    """A read-only file descriptor of ``path``, which must be a regular file: anything else
+    (FIFO, device, socket, symlink) raises LssdError naming what it is, and never blocks.
+    The lstat refuses before any open; O_NONBLOCK makes a FIFO swapped in meanwhile open at
+    once instead of waiting for a writer, O_NOFOLLOW refuses a symlink, and the fstat checks
+    what was opened. (O_NONBLOCK changes nothing for a regular file's reads.) An unreadable
+    path raises OSError."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISREG(mode):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            return fd
+        os.close(fd)
+    raise LssdError(f"{path!r} is a {_kind(mode)}, not a regular file")
+
+
 class _HashingWriter:
     """A file object that hashes what passes through it to ``out``."""
 
@@ -314,7 +378,7 @@ def _write_tar(sink, files_path, members):
                 # Whole seconds: a float mtime costs a pax header per member.
                 info.mtime = int(info.mtime)
                 if info.isreg():
-                    with open(path, "rb") as fh:
+                    with os.fdopen(open_regular(path), "rb") as fh:
                         tar.addfile(info, fh)
                     input_bytes += info.size
                 else:
@@ -410,10 +474,15 @@ def _pack_file(files_path, archive_dir, tag):
     the bytes being seeded after their SHA-256 was published. The copy is hashed as it is made.
     """
     file_name = os.path.basename(files_path)
+    # The file's name is part of the torrent's (the archive's) name.
+    check_torrent_name(file_name, os.path.dirname(files_path))
     archive = os.path.join(archive_dir, f"{tag}--{file_name}")
     try:
         mode = stat.S_IMODE(os.stat(files_path).st_mode) & 0o777
-        with atomic_output(archive, mode, prefix=f".{tag}.") as out, open(files_path, "rb") as src:
+        # A symlinked files_path is followed once, here; what it names must be a regular file
+        # (a FIFO would block the copy until something writes to it).
+        source = os.fdopen(open_regular(os.path.realpath(files_path)), "rb")
+        with source as src, atomic_output(archive, mode, prefix=f".{tag}.") as out:
             sink = _HashingWriter(out)
             shutil.copyfileobj(src, sink, CHUNK)
             size = out.tell()

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from salt_lssd import LssdError
+from salt_lssd import LssdError, credentials
 from salt_lssd.common import ensure_dir, read_json, write_atomic, write_json_atomic
 
 # The directory holding the salt_lssd package: on PYTHONPATH for the child, so the classic
@@ -218,8 +218,9 @@ def await_ready(role, run_dir, ready_timeout=30):
             break  # died before reporting anything useful
         time.sleep(0.05)
     current = state(run_dir)
+    # Stopped if it still runs; if it is gone (killed), this removes what it was given.
+    stop(run_dir)
     if current["running"]:
-        stop(run_dir)
         raise LssdError(
             f"{role} did not report ready within {ready_timeout}s; its log is {run_dir}/log:\n"
             + _tail(os.path.join(run_dir, "log"))
@@ -278,7 +279,17 @@ def _tail(path, lines=20):
 
 
 def stop(run_dir, timeout=15):
-    """Stop the process running from ``run_dir``; return its pid, or None if none ran."""
+    """Stop the process running from ``run_dir``; return its pid, or None if none ran.
+
+    Once it is gone, the deploy key it was given in ``run_dir`` (a peer's) is removed: a
+    process ended by SIGKILL could not remove it itself."""
+    pid = _stop(run_dir, timeout)
+    if pid_of(run_dir) is None:
+        credentials.remove(run_dir)
+    return pid
+
+
+def _stop(run_dir, timeout):
     pid = pid_of(run_dir)
     if pid is None:
         return None

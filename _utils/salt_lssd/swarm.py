@@ -25,7 +25,7 @@ import os
 import re
 import time
 
-from salt_lssd import LssdError, tracker
+from salt_lssd import LssdError, credentials, tracker
 
 # Peer-id prefixes (Azureus style) that tell the seeder from other peers, so a peer can report
 # how many bytes came from the seeder and how many from its neighbours.
@@ -47,6 +47,10 @@ TRACKER_GRACE = 30
 # ... or when the tracker answers but no seeder or peer is left to send the rest: waiting the
 # whole timeout would only hide that the source is gone.
 NO_SOURCE_GRACE = 15
+# A peer connected to peers but to no seed gives up when some piece it wants is on none of them
+# and none of those pieces came back for this many seconds: the seeder is gone before anyone
+# had a full copy, and the peers would only trade what they hold until the timeout.
+LOST_SOURCE_GRACE = 20
 # A peer whose pieces failed their hash check gives up once this many failed, or once no
 # byte more arrived for a few seconds: its sources are banned and the rest of the swarm does
 # not have those pieces (their one source is corrupt).
@@ -174,6 +178,16 @@ def slice_url(announce_url):
 
 
 def run(role, reporter):
+    try:
+        _run(role, reporter)
+    finally:
+        if role == "peer":
+            # The deploy's key a peer is given in its run directory serves this process
+            # alone: it goes when the process ends (completed, failed, stopped or lingered).
+            credentials.remove(reporter.run_dir)
+
+
+def _run(role, reporter):
     import libtorrent as lt
 
     config = reporter.config
@@ -506,6 +520,13 @@ class _SeederLoop(_Loop):
         )
 
 
+def _unavailable(handle, st):
+    """How many pieces we want and lack that no connected peer has."""
+    wanted = handle.get_piece_priorities()
+    return sum(1 for count, priority, had in zip(handle.piece_availability(), wanted, st.pieces)
+               if not count and priority and not had)
+
+
 def _piece_file(handle, piece):
     files = handle.torrent_file().layout()
     return files.file_path(files.file_index_at_piece(piece))
@@ -526,6 +547,7 @@ class _PeerLoop(_Loop):
         self.deadline = time.time() + float(self.config.get("timeout", 3600)) + 30
         self.alone_since = None  # since when no peer is connected, while downloading
         self.last_done = (-1, 0.0)  # (total_done, when it last grew)
+        self.lost = None  # (wanted pieces on no connected peer, since when no fewer), while no seed is connected
         # Delta deploys: "manifest" while only the manifest is wanted, "placing" once it is on
         # disk and the job places the files this host already holds, None after the go.
         self.phase = "manifest" if self.config.get("manifest_first") else None
@@ -589,11 +611,38 @@ class _PeerLoop(_Loop):
                 f"for {TRACKER_GRACE}s"
                 + (f" (last error: {_without_query(self.tracker_error)})" if self.tracker_error else "")
             )
-        if self.announced and waited >= NO_SOURCE_GRACE:
+        if self.announced and waited >= NO_SOURCE_GRACE and self.lost is None:
             raise LssdError(
                 f"no source left at {round(st.progress * 100, 2)}%: no seeder or peer connected for "
                 f"{NO_SOURCE_GRACE}s although the tracker answers (was the seeder stopped, or did it "
                 "fail? see lssd.status on the seeder)"
+            )
+        self._check_lost_source(st, now)
+
+    def _check_lost_source(self, st, now):
+        """Fail when no complete copy is left among the peers connected to us: no seed among
+        them, some wanted piece on none of them, and that count not falling for
+        LOST_SOURCE_GRACE s (a neighbour fed by a seeder we are not connected to lowers it).
+        Peers trading what they hold keep each other connected, so the "no source left" check
+        for a peer alone never fires then."""
+        missing = 0
+        if not st.num_seeds and not st.num_peers:
+            # Left alone after the last copies went (the other peers gave up first): nothing
+            # can come back, and the cause is still the lost seeder, not an empty swarm.
+            missing = self.lost[0] if self.lost else 0
+        elif not st.num_seeds and 0 <= st.distributed_copies < 1:
+            # distributed_copies (the rarest piece's copies, ours included) is cheap: at 1 or
+            # more every piece is somewhere, and the per-piece lists are not read.
+            missing = _unavailable(self.handle, st)
+        if not missing:
+            self.lost = None
+        elif self.lost is None or missing < self.lost[0]:
+            self.lost = (missing, now)
+        elif now - self.lost[1] >= LOST_SOURCE_GRACE:
+            raise LssdError(
+                f"no complete copy left in the swarm: the seeder is gone (at {round(st.progress * 100, 2)}%, "
+                f"{st.num_peers} peers): {missing} wanted pieces are on none of the peers connected and "
+                f"none came back for {LOST_SOURCE_GRACE}s (see lssd.status on the seeder)"
             )
 
     def _check_corrupt(self, stalled):

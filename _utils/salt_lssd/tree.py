@@ -44,7 +44,7 @@ def hash_file(path, size, piece_size, padded=True):
     pieces = []
     done = 0
     try:
-        with open(path, "rb", buffering=0) as fh:
+        with os.fdopen(pack.open_regular(path), "rb", buffering=0) as fh:
             while True:
                 block = fh.read(piece_size)
                 if not block:
@@ -85,6 +85,8 @@ def scan(files_path, archive_dir, exclude=None):
                 f"(reserved at the top: {', '.join(RESERVED)}); rename or exclude it, or use mode archive"
             )
         path = os.path.join(files_path, rel)
+        # Every name travels in the torrent (directories too, as parts of their files' paths).
+        pack.check_torrent_name(os.path.basename(rel), os.path.dirname(path))
         try:
             st = os.lstat(path)
         except OSError as exc:

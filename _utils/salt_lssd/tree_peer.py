@@ -75,7 +75,7 @@ def _download(minion, tag, data, info, meta, staging, timeout, lt_settings, run_
     reused = 0
     if config["await_go"]:
         try:
-            reused = _place(found, manifest, tree_dir, run_dir)
+            reused = _place(found, manifest, tree_dir, run_dir, deadline)
         except BaseException:
             procs.abandon("peer", run_dir)
             raise
@@ -85,7 +85,7 @@ def _download(minion, tag, data, info, meta, staging, timeout, lt_settings, run_
                                      until=("manifest", "lingering", "done"), deadline=deadline)
     if state.get("status") == "manifest":  # (a torrent of the manifest alone is complete already)
         manifest = _read_manifest(tree_dir, meta)
-        reused = _place(found, manifest, tree_dir, run_dir)
+        reused = _place(found, manifest, tree_dir, run_dir, deadline)
         state = deploy.wait_for_download(minion, tag, run_dir, None, timeout, info["size"], deadline=deadline)
     procs.stop(run_dir)  # it ends by itself (linger 0); its files must not be open while they move
     if manifest is None:
@@ -109,10 +109,10 @@ def _checked(data, meta):
     return {"data": data, "parsed": tree.parse_manifest(data, meta["sha256"])}
 
 
-def _place(found, manifest, tree_dir, run_dir):
-    """Copy in the held files the manifest names, then tell the download process which
-    (``go``); returns the bytes placed."""
-    placed, reused = delta.place(found, manifest["parsed"][1], tree_dir)
+def _place(found, manifest, tree_dir, run_dir, deadline):
+    """Copy in the held files the manifest names (until the monotonic ``deadline``), then
+    tell the download process which (``go``); returns the bytes placed."""
+    placed, reused = delta.place(found, manifest["parsed"][1], tree_dir, deadline)
     write_atomic(os.path.join(run_dir, "go"), json.dumps({"placed": placed}).encode())
     return reused
 

@@ -3,14 +3,20 @@
 The attacker here knows everything but the deploy's certificate: the info-hash, the
 seeder's port, even the whole .torrent. It runs a real libtorrent session (a standard
 client) and a raw BitTorrent handshake against the seeder, while a targeted peer downloads.
+A peer's copy of the deploy's key does not outlive its download process.
 """
 
+import os
+import signal
 import socket
+import threading
 import time
 
 import libtorrent as lt
 import pytest
 from lssd_testutil import make_build_tree
+from salt.exceptions import CommandExecutionError
+from salt_lssd import procs
 
 TAG = "Locked1"
 
@@ -76,3 +82,73 @@ def test_a_plain_bittorrent_handshake_to_the_seeder_is_not_answered(seeding):
         except (ConnectionResetError, socket.timeout):
             answer = b""
     assert info_hash not in answer, "the seeder answered a plain handshake for its info-hash"
+
+
+def run_dir(peer):
+    state_dir = peer.opts["lssd"].get("state_dir") or os.path.join(peer.opts["cachedir"], "lssd")
+    return os.path.join(state_dir, "run", f"peer-{TAG}")
+
+
+def key_files(peer):
+    return sorted(name for name in os.listdir(run_dir(peer)) if name.startswith("ssl-"))
+
+
+def wait_for(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        time.sleep(0.1)
+
+
+def test_the_peers_key_is_removed_when_its_process_stops_or_ends_lingering(seeding, make_minion, tmp_path):
+    _, _, made, _ = seeding
+    peer = make_minion("peer")
+    peer.modules.lssd.peer(TAG, destination_path=str(tmp_path / "dest"), torrent=made["torrent"], linger=600)
+    # Lingering, it still serves the swarm over TLS: the key is there while it runs ...
+    assert key_files(peer) == ["ssl-cert.pem", "ssl-dh.pem", "ssl-key.pem"]
+    peer.modules.lssd.peer_stop(TAG)
+    assert key_files(peer) == []  # ... and gone once it is stopped,
+    other = make_minion("other")
+    other.modules.lssd.peer(TAG, destination_path=str(tmp_path / "other"), torrent=made["torrent"], linger=1)
+    wait_for(lambda: procs.pid_of(run_dir(other)) is None, 60, "the end of lingering")
+    assert key_files(other) == []  # ... or once its lingering ends.
+
+
+@pytest.fixture
+def unseeded(make_minion, tmp_path, tracker_port):
+    """A registered SSL torrent nobody seeds: a download of it never completes."""
+    tracker = make_minion("tracker")
+    seeder = make_minion("seeder", seeder_files_path=make_build_tree(tmp_path / "build", data_mb=1))
+    tracker.modules.lssd.tracker_start(port=tracker_port, bind="127.0.0.1")
+    made = seeder.modules.lssd.create_torrent(TAG)
+    tracker.modules.lssd.tracker_allow(made["torrent"])
+    yield made
+    tracker.modules.lssd.tracker_stop()
+
+
+def test_the_peers_key_is_removed_when_its_download_fails(unseeded, make_minion, tmp_path):
+    peer = make_minion("peer")
+    with pytest.raises(CommandExecutionError, match=r"did not complete within 2s"):
+        peer.modules.lssd.peer(TAG, destination_path=str(tmp_path / "dest"), torrent=unseeded["torrent"], timeout=2)
+    assert key_files(peer) == []
+
+
+def test_the_peers_key_is_removed_when_its_download_process_is_killed(unseeded, make_minion, tmp_path):
+    peer = make_minion("peer")
+    failed = []
+
+    def deploy():
+        try:
+            peer.modules.lssd.peer(TAG, destination_path=str(tmp_path / "dest"), torrent=unseeded["torrent"],
+                                   timeout=600)
+        except CommandExecutionError as exc:
+            failed.append(str(exc))
+
+    job = threading.Thread(target=deploy)
+    job.start()
+    wait_for(lambda: procs.state(run_dir(peer)).get("status") == "downloading", 60, "the download's start")
+    assert "ssl-key.pem" in key_files(peer)
+    os.kill(procs.pid_of(run_dir(peer)), signal.SIGKILL)  # it cannot remove anything itself
+    job.join(120)
+    assert not job.is_alive() and failed and "killed by SIGKILL" in failed[0], failed
+    assert key_files(peer) == [], failed

@@ -3,7 +3,7 @@
 Each case asserts the outcome and the message the operator reads: a corrupt seeder, a killed
 download process (and the retry that resumes it), a full state directory or destination, a
 decompression bomb, a planted pidfile, umask 000, an unreachable tracker, a seeder killed
-after one full copy, two tags at once. Waits poll with deadlines sized for a loaded 2-core
+after one full copy and one killed before any, two tags at once. Waits poll with deadlines sized for a loaded 2-core
 machine; none is a fixed sleep.
 """
 
@@ -451,6 +451,30 @@ def test_seeder_killed_after_one_full_copy_the_others_finish(make_minion, tracke
     assert result["from_seeder"] == 0 and result["from_peers"] >= made["size"], result
     assert tree_manifest(tmp_path / "second" / TAG) == tree_manifest(tmp_path / "first" / TAG)
     first.modules.lssd.peer_stop()
+
+
+def test_seeder_killed_before_any_full_copy_fails_the_peers_fast_naming_it(make_minion, tracker, tmp_path):
+    # 8 MB at 1 MB/s: killed as soon as the peers have a little, the seeder cannot have sent
+    # a full copy, and the peers stay connected to each other, trading what they hold.
+    build = make_build_tree(tmp_path / "build", data_mb=8)
+    seeder, made = start_seeder(make_minion, tracker, build, libtorrent_settings=SLOW_SEEDER)
+    timeout = 600
+    peers = [make_minion(f"peer{i}") for i in range(3)]
+    jobs = [Background(lambda peer=peer, i=i: deploy(peer, made, tmp_path / f"dest{i}", timeout=timeout))
+            for i, peer in enumerate(peers)]
+    wait_for(lambda: all((role_state(peer, "peer").get("total_done") or 0) > 0 for peer in peers),
+             120, "every peer's first piece")
+    os.kill(procs.pid_of(run_dir(seeder, "seeder")), signal.SIGKILL)
+    killed = time.monotonic()
+    for i, (peer, job) in enumerate(zip(peers, jobs)):
+        with pytest.raises(CommandExecutionError) as err:
+            job.result(timeout=timeout + 60)
+        message = str(err.value)
+        assert "no complete copy left in the swarm: the seeder is gone (at " in message, message
+        assert "did not complete within" not in message, message
+        assert time.monotonic() - killed < timeout, "the peers waited for their timeout"
+        assert role_state(peer, "peer")["progress"] < 100
+        assert not (tmp_path / f"dest{i}" / TAG).exists()
 
 
 def test_two_tags_at_once_on_one_minion(make_minion, tracker, tmp_path):

@@ -9,8 +9,10 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -164,6 +166,40 @@ def test_a_held_file_changed_on_the_peer_is_downloaded_not_reused(two_builds, r1
     unchanged = _files(build_b, but=set(changed) | {"data/text.log"})
     assert summary["reused"] == _file_bytes(build_b, unchanged), summary
     assert summary["downloaded"] >= len(data)
+
+
+@pytest.mark.parametrize("r1_installed", ["in-torrent"], indirect=True)
+def test_a_fifo_in_the_previous_tag_is_downloaded_never_opened(two_builds, r1_installed):
+    # Anyone who can write the installed tree can put a FIFO where a held file was: opening it
+    # to read would wait for a writer, and the deploy with it.
+    _, build_b, changed = two_builds
+    peer, dest, second = r1_installed
+    fifo = dest / "R1" / "data" / "text.log"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    outcome = {}
+
+    def deploy():
+        try:
+            outcome["summary"] = peer.modules.lssd.peer("R2", destination_path=str(dest), torrent=second["torrent"],
+                                                        timeout=120, linger=0)
+        except Exception as exc:  # pylint: disable=broad-except
+            outcome["error"] = exc
+
+    job = threading.Thread(target=deploy)
+    job.start()
+    job.join(180)
+    if job.is_alive():  # release a reader stuck in open(), so the test fails instead of hanging
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        job.join(60)
+        pytest.fail("the delta deploy blocked on the FIFO in the previous tag")
+    assert "error" not in outcome, outcome
+    summary = outcome["summary"]
+    assert tree_manifest(dest / "R2") == without(tree_manifest(build_b), EXCLUDED)
+    unchanged = _files(build_b, but=set(changed) | {"data/text.log"})
+    assert summary["reused"] == _file_bytes(build_b, unchanged), summary
+    assert summary["downloaded"] >= os.path.getsize(build_b / "data" / "text.log")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
 @pytest.mark.parametrize("r1_installed", ["in-torrent"], indirect=True)

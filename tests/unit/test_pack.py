@@ -217,14 +217,15 @@ def test_compressor_failure_leaves_nothing(tree, archive_dir, monkeypatch):
 
 
 def test_unreadable_tree_leaves_nothing(tree, archive_dir, monkeypatch):
-    real_open = open
+    real_open = pack.open_regular
 
-    def failing_open(path, *args, **kwargs):
+    # Root reads files whatever their mode: the refusal is made here.
+    def failing_open(path):
         if str(path).endswith("text.log"):
             raise PermissionError(13, "Permission denied", path)
-        return real_open(path, *args, **kwargs)
+        return real_open(path)
 
-    monkeypatch.setattr("builtins.open", failing_open)
+    monkeypatch.setattr(pack, "open_regular", failing_open)
     with pytest.raises(LssdError, match=r"cannot read '.*/data/text.log': Permission denied"):
         pack.pack(tree, archive_dir, "Deploy1", compression="zstd")
     monkeypatch.undo()

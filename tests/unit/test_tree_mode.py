@@ -4,12 +4,17 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
+import socket
+import threading
+import time
 
+import libtorrent as lt
 import pytest
 from lssd_testutil import EXCLUDED, make_build_tree, tree_manifest, without
 
-from salt_lssd import LssdError, bencode, delta, install, mine, settings, tree
+from salt_lssd import LssdError, bencode, delta, install, mine, pack, settings, tree
 from salt_lssd import torrent as metainfo
 
 URL = "http://127.0.0.1:8998/announce"
@@ -90,6 +95,53 @@ def test_what_packing_refuses_tree_mode_refuses(build, tmp_path):
         tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for_files)
 
 
+@pytest.mark.parametrize("name, says", [
+    ("a\nb", r"file name 'a\\nb' in {dir} contains a control character \(newline\); BitTorrent clients rewrite"),
+    ("a\x01b", r"file name 'a\\x01b' in {dir} contains a control character \(U\+0001\)"),
+    ("a\x85b", r"file name 'a\\x85b' in {dir} contains a control character \(U\+0085\)"),
+    ("a\u200bb", r"file name 'a\\u200bb' in {dir} contains an invisible formatting character "
+                 r"\(U\+200B ZERO WIDTH SPACE\)"),
+    ("a\u202eb", r"contains an invisible formatting character \(U\+202E RIGHT-TO-LEFT OVERRIDE\)"),
+    ("a\\b", r"file name 'a\\\\b' in {dir} contains a backslash"),
+    (os.fsdecode(b"a\xffb"), r"file name b'a\\xffb' in {dir} is not UTF-8 \(byte 0xff\); torrents carry UTF-8 names"),
+    ("x" * 241, r"file name 'x{{241}}' in {dir} is 241 bytes long; BitTorrent clients cut names to 240 bytes"),
+], ids=["newline", "control", "c1-control", "zero-width", "bidi", "backslash", "not-utf8", "too-long"])
+@pytest.mark.parametrize("where", ["top", "subdir"])
+def test_names_bittorrent_clients_rewrite_are_refused_naming_the_file(build, tmp_path, name, says, where):
+    parent = build if where == "top" else build / "lib"
+    (parent / os.fsencode(name).decode("utf-8", "surrogateescape")).write_bytes(b"x")
+    with pytest.raises(LssdError, match=says.format(dir=re.escape(str(parent)))):
+        tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for_files)
+
+
+def test_a_directory_with_such_a_name_is_refused_before_its_files(build, tmp_path):
+    (build / "bad\ndir").mkdir()
+    (build / "bad\ndir" / "fine.txt").write_bytes(b"x")
+    with pytest.raises(LssdError, match=rf"file name 'bad\\ndir' in {re.escape(str(build))} contains a control"):
+        tree.build(str(build), str(tmp_path / "archives"), metainfo.piece_size_for_files)
+
+
+def test_names_bittorrent_clients_keep_are_accepted_as_they_are(build, tmp_path):
+    names = ["caf\u00e9 menu.txt", "e\u0301", "a:b*c?", "trailing. ", "\U0001F600", "x" * 240]
+    for name in names:
+        (build / name).write_bytes(b"x")
+    built, made = built_torrent(build, tmp_path)
+    info = lt.torrent_info(made["torrent"])
+    on_the_wire = {info.layout().file_path(i).split("/", 1)[1] for i in range(info.num_files())}
+    assert set(names) <= on_the_wire
+
+
+def test_path_is_file_refuses_a_file_name_clients_rewrite(tmp_path):
+    for name, says in [("build\n.bin", "contains a control character (newline)"),
+                       (os.fsdecode(b"build\xff.bin"), "is not UTF-8 (byte 0xff)")]:
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        with pytest.raises(LssdError) as err:
+            pack.pack(str(path), str(tmp_path / "archives"), "T1", path_is_file=True)
+        assert says in str(err.value) and str(tmp_path) in str(err.value), err.value
+        assert not os.path.exists(tmp_path / "archives") or os.listdir(tmp_path / "archives") == []
+
+
 def test_mode_setting_names_the_value_and_what_is_allowed():
     assert settings.check("mode", "tree") == "tree" and settings.default("mode") == "archive"
     with pytest.raises(LssdError, match=r"lssd:mode 'zip' is not a deploy mode; allowed: archive .* or tree"):
@@ -149,6 +201,59 @@ def test_a_candidate_is_placed_only_if_its_content_matches(tmp_path):
     assert os.stat(tmp_path / "tree" / "a" / "b").st_ino != os.stat(good).st_ino  # a copy, never a link
     assert delta.place({want["sha256"]: [str(bad)]}, [want], str(tmp_path / "other")) == ([], 0)
     assert not (tmp_path / "other" / "a" / "b").exists()
+
+
+def _unblocking(call, fifo):
+    """``call()``'s value (or exception), failing the test (not hanging it) if it blocks on
+    ``fifo``: a writer that opens and closes the FIFO releases a reader stuck in open()."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = call()
+        except Exception as exc:  # pylint: disable=broad-except
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(30)
+        pytest.fail(f"blocked on the FIFO {fifo}")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_a_candidate_that_is_not_a_regular_file_is_skipped_without_blocking(tmp_path):
+    fifo, link, sock, good = tmp_path / "fifo", tmp_path / "link", tmp_path / "sock", tmp_path / "good"
+    good.write_bytes(b"same bytes")
+    os.mkfifo(fifo)
+    os.symlink(good, link)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(sock))
+        want = {"path": "a/b", "kind": "file", "size": 10, "sha256": hashlib.sha256(b"same bytes").hexdigest()}
+        found = {want["sha256"]: [str(fifo), str(link), str(sock)]}
+        assert _unblocking(lambda: delta.place(found, [want], str(tmp_path / "tree")), fifo) == ([], 0)
+        assert not (tmp_path / "tree" / "a" / "b").exists()
+        found[want["sha256"]].append(str(good))
+        assert _unblocking(lambda: delta.place(found, [want], str(tmp_path / "tree")), fifo) == (["a/b"], 10)
+
+
+def test_placing_stops_at_the_deadline(tmp_path):
+    (tmp_path / "held").write_bytes(b"same bytes")
+    want = {"path": "a", "kind": "file", "size": 10, "sha256": hashlib.sha256(b"same bytes").hexdigest()}
+    found = {want["sha256"]: [str(tmp_path / "held")]}
+    assert delta.place(found, [want], str(tmp_path / "tree"), deadline=time.monotonic() - 1) == ([], 0)
+    assert delta.place(found, [want], str(tmp_path / "tree"), deadline=time.monotonic() + 60) == (["a"], 10)
+
+
+def test_hashing_refuses_a_fifo_at_once(tmp_path):
+    fifo = tmp_path / "swapped"
+    os.mkfifo(fifo)
+    with pytest.raises(LssdError, match=f"'{fifo}' is a fifo, not a regular file"):
+        _unblocking(lambda: tree.hash_file(str(fifo), 10, 16384), fifo)
 
 
 def test_manifest_is_deterministic(build, tmp_path):
