@@ -11,6 +11,7 @@ import os
 
 from salt_lssd import LssdError, install, pack, releases
 from salt_lssd.common import validate_app, validate_tag
+from salt_lssd.tracker.protocol import DEFAULT_FORGET_AFTER
 
 REQUIRED = object()
 
@@ -200,6 +201,8 @@ TABLE = {
     "tracker:port": (8998, _port),
     "tracker:host": (None, _optional(_tracker_host)),
     "tracker:bind": ("0.0.0.0", _text),
+    # Below a minute a torrent registered by hand could be forgotten before its seeder starts.
+    "tracker:forget_after": (DEFAULT_FORGET_AFTER, _seconds(60)),
     "targets:tracker": (REQUIRED, _text),
     "targets:seeder": (REQUIRED, _text),
     "targets:peer": (REQUIRED, _text),

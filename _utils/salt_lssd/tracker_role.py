@@ -25,7 +25,8 @@ def start(minion, port=None, bind=None, interval=None):
     current = procs.state(run_dir)
     if current["running"]:
         return dict(current, changed=False, comment=f"tracker already running (pid {current.get('pid')})")
-    config = {"bind": bind, "port": port, "state_dir": layout.root}
+    config = {"bind": bind, "port": port, "state_dir": layout.root,
+              "forget_after": minion.setting("tracker:forget_after")}
     if interval is not None:
         config["interval"] = int(number(interval, "interval", 1))
     started = procs.spawn("tracker", run_dir, config)
