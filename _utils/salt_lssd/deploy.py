@@ -116,6 +116,7 @@ def peer(minion, tag, **kwargs):
     """
     tag = validate_tag(tag)
     try:
+        minion.settings.check_keys()
         return _peer(minion, tag, **kwargs)
     except LssdError as exc:
         minion.fire(f"lssd/peer/{tag}/failed", dict(_run(minion), tag=tag, reason=str(exc)))

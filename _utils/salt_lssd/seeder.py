@@ -47,6 +47,7 @@ def create_torrent(minion, tag, files_path=None, tracker=None, compression=None,
     """Pack the build of ``tag`` (or, in tree mode, hash its files) and make its torrent;
     returns what the torrent record keeps."""
     tag = validate_tag(tag)
+    minion.settings.check_keys()
     files_path = minion.setting("seeder_files_path", files_path)
     path_is_file = minion.setting("path_is_file", path_is_file)
     compression = minion.setting("compression", compression)
@@ -219,6 +220,7 @@ def _publish(minion, tag, run_dir, nonce, run_id, timeout):
 def seed_start(minion, tag, publish=True, publish_timeout=60):
     """Seed ``tag`` from a detached process (a no-op if this build is seeded already)."""
     tag = validate_tag(tag)
+    minion.settings.check_keys()
     lt_settings = minion.setting("libtorrent_settings")
     layout = minion.layout
     meta = local_torrent(minion, tag)

@@ -7,6 +7,8 @@ SLS defaults (``salt/lssd/defaults.yaml``) and ``pillar.example`` are tested aga
 table. Required settings have no default: a run without them fails naming the key.
 """
 
+import difflib
+import logging
 import os
 
 from salt_lssd import LssdError, install, pack, releases
@@ -14,6 +16,10 @@ from salt_lssd.common import validate_app, validate_tag
 from salt_lssd.tracker.protocol import DEFAULT_FORGET_AFTER
 
 REQUIRED = object()
+log = logging.getLogger(__name__)
+# How alike (difflib's ratio) an unknown key must be to a setting's name to be taken for a
+# misspelling of it: 'destinaton_path' and 'destination_path' are, 'build_owner' and 'keep' not.
+_TYPO_LIKENESS = 0.75
 
 
 def _bool(value, name):
@@ -215,6 +221,59 @@ TABLE = {
 }
 
 
+def _known_keys():
+    """``{parent: names}``: the keys each level under ``lssd:`` may hold ('' the top level).
+    Only nested settings (``tracker:port``) make a level; a setting's own value, such as
+    libtorrent_settings, is its check's business."""
+    levels = {"": set()}
+    for name in TABLE:
+        parent, _, leaf = name.rpartition(":")
+        levels[""].add(name.partition(":")[0])
+        if parent:
+            levels.setdefault(parent, set()).add(leaf)
+    return levels
+
+
+def unknown_keys(configured):
+    """``[(key, nearest)]`` for each key under ``lssd:`` (the dict ``configured``) that names
+    no setting: ``key`` as written (``lssd:tracker:prot``), ``nearest`` the setting it most
+    likely misspells, or None when it is like none of them."""
+    found = []
+    levels = _known_keys()
+
+    def walk(tree, parent):
+        for key in sorted(tree, key=str):
+            name = f"{parent}:{key}" if parent else str(key)
+            known = levels[parent]
+            if key in known:
+                if name in levels and isinstance(tree[key], dict):
+                    walk(tree[key], name)
+                continue
+            near = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=_TYPO_LIKENESS)
+            found.append((f"lssd:{name}", f"lssd:{parent + ':' if parent else ''}{near[0]}" if near else None))
+
+    if isinstance(configured, dict):
+        walk(configured, "")
+    return found
+
+
+def check_keys(configured):
+    """Refuse a key under ``lssd:`` that misspells a setting; return a warning for each other
+    unknown key (also logged). A misspelt key would be ignored and the setting's default or
+    another pillar's value used, deploying somewhere the operator did not ask for, so it
+    fails before any change; a key like no setting may be the operator's own data and is
+    only warned of."""
+    warnings = []
+    for key, nearest in unknown_keys(configured):
+        if nearest:
+            raise LssdError(f"{key} is not an lssd setting: did you mean {nearest}? (a misspelt key "
+                            "is ignored and the default used, so nothing is done until it is fixed)")
+        warnings.append(f"{key} is not an lssd setting and is ignored (the settings: pillar.example)")
+    for warning in warnings:
+        log.warning("lssd: %s", warning)
+    return warnings
+
+
 def default(name):
     """The default of ``name`` (``REQUIRED`` when there is none)."""
     return TABLE[name][0]
@@ -235,6 +294,14 @@ class Settings:
 
     def __init__(self, lookup):
         self._lookup = lookup
+        self._warnings = None
+
+    def check_keys(self):
+        """Warnings of :func:`check_keys` for what ``lssd`` holds (checked once); LssdError
+        for a misspelt key."""
+        if self._warnings is None:
+            self._warnings = check_keys(self._lookup("lssd"))
+        return self._warnings
 
     def get(self, name, value=None):
         if value is not None:

@@ -395,3 +395,28 @@ def test_events_go_only_where_a_minion_event_bus_listens(tmp_path):
     assert event_bus_up(opts)
     # TCP IPC mode has no socket file to look for: events are sent as Salt would.
     assert event_bus_up({"sock_dir": str(tmp_path / "none"), "ipc_mode": "tcp"})
+
+
+def test_a_misspelt_pillar_key_is_refused_naming_the_setting_it_misspells(fleet, built, tmp_path):
+    peer = fleet.minion("web1", destination_path=str(tmp_path / "app"), destinaton_path=str(tmp_path / "meant"),
+                        tracker={"host": "127.0.0.1", "prot": 1})
+    with pytest.raises(LssdError, match=r"lssd:destinaton_path is not an lssd setting: did you mean "
+                                        r"lssd:destination_path\?"):
+        plans.plan(peer, "deployed", "T1", test=True)
+    with pytest.raises(LssdError, match=r"lssd:destinaton_path .* did you mean lssd:destination_path"):
+        deploy.peer(peer, "T1")
+    assert not os.path.exists(tmp_path / "app") and not os.path.exists(tmp_path / "meant")
+    nested = fleet.minion("web2", destination_path=str(tmp_path / "b"), tracker={"host": "127.0.0.1", "prot": 1})
+    with pytest.raises(LssdError, match=r"lssd:tracker:prot is not an lssd setting: did you mean lssd:tracker:port\?"):
+        plans.plan(nested, "deployed", "T1", test=True)
+
+
+def test_an_unknown_key_like_no_setting_is_warned_of_and_the_plan_goes_on(fleet, built, tmp_path, caplog):
+    peer = fleet.minion("web1", destination_path=str(tmp_path / "app"), team_contact="ops@example.com")
+    plan = plans.plan(peer, "deployed", "T1", test=True)
+    assert plan["warnings"] == ["lssd:team_contact is not an lssd setting and is ignored (the settings: "
+                                "pillar.example)"]
+    assert "would download T1" in plan["comment"]
+    assert "lssd:team_contact is not an lssd setting" in caplog.text
+    # Stopping never depends on the pillar being right.
+    assert plans.plan(fleet.minion("web2", destinaton_path="/x"), "peer_stopped", "all")["warnings"] == []
