@@ -272,10 +272,17 @@ def plan(minion, state, name, test=False, **kwargs):
         raise LssdError(f"state {state!r} is unknown; allowed: {', '.join(STATES)}")
     # A state that only stops something does not read the settings a typo would miss, and
     # stopping must work whatever the pillar holds.
-    warnings = minion.settings.check_keys() if state in _READS_SETTINGS else []
-    if state == "deployed":
-        kwargs["test"] = test
-    return dict(globals()[state](minion, name, **kwargs), warnings=warnings)
+    try:
+        warnings = minion.settings.check_keys() if state in _READS_SETTINGS else []
+        if state == "deployed":
+            kwargs["test"] = test
+        return dict(globals()[state](minion, name, **kwargs), warnings=warnings)
+    except LssdError as exc:
+        # A peer refused before its download (owner, a full target, a misspelt key) says so
+        # on the event bus as a failed download does; a dry run only predicts, so it is quiet.
+        if state == "deployed" and not test:
+            deploy.fire_failed(minion, name, exc, refused=True)
+        raise
 
 
 _READS_SETTINGS = ("tracker_running", "torrent_made", "seeding", "deployed", "absent", "rolled_back")

@@ -7,6 +7,7 @@ libtorrent seeder (``swarm``) and publishes the torrent to the mine with a fresh
 returning once the master holds it; ``seed_stop`` stops it and withdraws the entry.
 """
 
+import functools
 import os
 import time
 import uuid
@@ -42,6 +43,32 @@ def tracker_url(minion, tracker=None, passkey=None):
     return metainfo.announce_url(host or tracker, port or minion.setting("tracker:port"), passkey)
 
 
+def _fails_with_event(func):
+    """A seeder step that fails sends ``lssd/seeder/<tag>/failed`` naming the ``step`` and the
+    ``reason``, as a failed peer sends ``lssd/peer/<tag>/failed``: a listener on the master
+    learns of it without the job's return."""
+
+    @functools.wraps(func)
+    def wrapper(minion, tag, *args, **kwargs):
+        try:
+            return func(minion, tag, *args, **kwargs)
+        except Exception as exc:
+            _fire_failed(minion, tag, func.__name__, exc)
+            raise
+
+    return wrapper
+
+
+def _fire_failed(minion, tag, step, exc):
+    try:
+        tag = validate_tag(tag)
+        run = {"app": minion.app, "run_id": minion.setting("run_id")}
+    except LssdError:
+        return  # a bad tag, app or run_id is the failure itself: the job's error names it
+    minion.fire(f"lssd/seeder/{tag}/failed", dict(run, tag=tag, step=step, reason=str(exc) or type(exc).__name__))
+
+
+@_fails_with_event
 def create_torrent(minion, tag, files_path=None, tracker=None, compression=None, exclude=None,
                    path_is_file=None, mode=None):
     """Pack the build of ``tag`` (or, in tree mode, hash its files) and make its torrent;
@@ -217,6 +244,7 @@ def _publish(minion, tag, run_dir, nonce, run_id, timeout):
                  number(timeout, "publish_timeout"), tag=tag, **app, **mine.readers(minion))
 
 
+@_fails_with_event
 def seed_start(minion, tag, publish=True, publish_timeout=60):
     """Seed ``tag`` from a detached process (a no-op if this build is seeded already)."""
     tag = validate_tag(tag)
