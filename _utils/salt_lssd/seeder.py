@@ -9,11 +9,12 @@ returning once the master holds it; ``seed_stop`` stops it and withdraws the ent
 
 import functools
 import os
+import shutil
 import time
 import uuid
 from urllib.parse import urlsplit
 
-from salt_lssd import LssdError, NotPublished, credentials, mine, pack, procs, tree
+from salt_lssd import LssdError, NotPublished, credentials, inventory, mine, pack, procs, tree
 from salt_lssd import torrent as metainfo
 from salt_lssd.common import read_json, validate_tag, write_atomic, write_json_atomic
 
@@ -124,7 +125,48 @@ def create_torrent(minion, tag, files_path=None, tracker=None, compression=None,
     )
     write_json_atomic(layout.torrent_meta(tag), result)
     minion.fire(f"lssd/seeder/{tag}/torrent", {k: result[k] for k in ("tag", "infohash", "sha256", "size")})
-    return _shown(result)
+    return dict(_shown(result), pruned=prune_builds(minion, tag))
+
+
+def _made_here(layout):
+    """The tags whose torrent this seeder made (a ``<tag>.json`` beside it), newest first."""
+    try:
+        names = [n for n in os.listdir(layout.torrents) if n.endswith(".json")]
+    except FileNotFoundError:
+        return []
+    made = []
+    for name in names:
+        try:
+            made.append((os.stat(os.path.join(layout.torrents, name)).st_mtime, validate_tag(name[: -len(".json")])))
+        except (OSError, LssdError):
+            continue  # gone meanwhile, or not a tag's record
+    return [tag for _, tag in sorted(made, reverse=True)]
+
+
+def _in_use(layout, tag):
+    return any(procs.state(layout.run_dir(role, tag))["running"] for role in ("seeder", "peer"))
+
+
+def prune_builds(minion, newest, keep=None, test=False):
+    """Keep the archives and torrents of the ``keep`` tags made most recently in this app
+    namespace (default lssd:keep, the count a peer keeps installed; unset: keep every one)
+    and remove the older ones' archive, torrent and deploy key. ``newest`` (the tag made now)
+    and any tag a running seeder or peer here serves are always kept. Returns the tags removed."""
+    keep = minion.setting("keep", keep)
+    if not keep:
+        return []
+    layout = minion.layout
+    order = [newest] + [t for t in _made_here(layout) if t != newest]
+    old = [t for t in order[keep:] if not _in_use(layout, t)]
+    if test:
+        return old
+    for tag in old:
+        # A peer's downloads of the tag are its own (lssd.prune and rm_tgz handle them).
+        for path in inventory.archive_files(minion, tag):
+            if os.path.dirname(path) != layout.downloads:
+                os.unlink(path)
+        shutil.rmtree(layout.credentials(tag), ignore_errors=True)
+    return old
 
 
 def _make_archive_torrent(layout, tag, packed, url, root_cert, path_is_file, files_path):

@@ -459,3 +459,29 @@ def test_a_failed_seeder_step_sends_the_seeder_failed_event(fleet, tmp_path):
     assert tag == tag2 == "lssd/seeder/T9/failed"
     assert data == {"tag": "T9", "app": None, "run_id": None, "step": "create_torrent", "reason": str(failed.value)}
     assert data2["step"] == "seed_start" and "no torrent for tag 'T9'" in data2["reason"]
+
+
+def test_the_seeder_keeps_the_last_keep_builds_and_never_one_it_seeds(fleet, tmp_path):
+    build = make_build_tree(tmp_path / "build", data_mb=1)
+    made = fleet.minion("build01", seeder_files_path=build, tracker={"host": "127.0.0.1", "port": 6969}, keep=1,
+                        compression="none")
+    layout = made.layout
+
+    def files_of(tag):
+        return sorted(n for where in (layout.archives, layout.torrents) for n in os.listdir(where)
+                      if n.startswith(tag + ".") or n.startswith(tag + "--"))
+
+    assert seeder.create_torrent(made, "T1")["pruned"] == []
+    os.makedirs(layout.downloads)
+    open(os.path.join(layout.downloads, "T1.tar"), "w").close()  # a peer's download here: not the seeder's
+    seeder.seed_start(made, "T1", publish=False)
+    try:
+        assert seeder.create_torrent(made, "T2")["pruned"] == [], "T1 is being seeded"
+        assert files_of("T1") == ["T1.json", "T1.ssl", "T1.tar", "T1.torrent"]
+    finally:
+        seeder.seed_stop(made, "T1")
+    os.utime(layout.torrent_meta("T1"), (1, 1))  # made long ago: T2 is the newer build
+    assert seeder.create_torrent(made, "T3")["pruned"] == ["T2", "T1"]
+    assert files_of("T1") == files_of("T2") == []
+    assert files_of("T3") == ["T3.json", "T3.ssl", "T3.tar", "T3.torrent"]
+    assert os.listdir(layout.downloads) == ["T1.tar"]
