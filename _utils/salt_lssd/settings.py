@@ -292,8 +292,9 @@ class Settings:
     default. A required setting with no value raises LssdError naming the key.
     """
 
-    def __init__(self, lookup):
+    def __init__(self, lookup, where=None):
         self._lookup = lookup
+        self._where = f" on {where}" if where else ""  # e.g. "minion web1", for the error
         self._warnings = None
 
     def check_keys(self):
@@ -312,5 +313,5 @@ class Settings:
         fallback = default(name)
         if fallback is REQUIRED:
             argument = name.rpartition(":")[2]
-            raise LssdError(f"lssd:{name} is not set: set it in pillar (or pass {argument}=)")
+            raise LssdError(f"lssd:{name} is not set{self._where}: set it in pillar (or pass {argument}=)")
         return check(name, fallback) if fallback is not None else None
