@@ -266,8 +266,9 @@ def check_keys(configured):
     warnings = []
     for key, nearest in unknown_keys(configured):
         if nearest:
-            raise LssdError(f"{key} is not an lssd setting: did you mean {nearest}? (a misspelt key "
-                            "is ignored and the default used, so nothing is done until it is fixed)")
+            raise LssdError(f"{key} is not an lssd setting: did you mean {nearest}? Nothing is done "
+                            f"until it is fixed: as written it would be ignored and {nearest} taken "
+                            "from elsewhere or its default")
         warnings.append(f"{key} is not an lssd setting and is ignored (the settings: pillar.example)")
     for warning in warnings:
         log.warning("lssd: %s", warning)
