@@ -5,6 +5,9 @@ The repository is a Salt file tree (the classic install: file_roots or gitfs plu
 the SLS tree in ``salt/``. ``pip install .`` installs the same code as the
 ``salt_lssd`` package and registers its loader directories through the ``salt.loader`` entry
 point, so the ``lssd`` execution, state and runner modules and grains load with no sync.
+The SLS tree ships too, as ``salt_lssd/file_roots``: Salt finds SLS files only through the
+master's file_roots (no entry point provides them), so ``python -m salt_lssd file_roots``
+prints the directory to add there.
 """
 
 from setuptools import setup
@@ -25,6 +28,7 @@ setup(
         "salt_lssd.loader_runners",
         "salt_lssd.loader_grains",
         "salt_lssd.loader_pillar",
+        "salt_lssd.file_roots",
     ],
     package_dir={
         "salt_lssd": "_utils/salt_lssd",
@@ -35,7 +39,9 @@ setup(
         "salt_lssd.loader_runners": "_runners",
         "salt_lssd.loader_grains": "_grains",
         "salt_lssd.loader_pillar": "_pillar",
+        "salt_lssd.file_roots": "salt",
     },
+    package_data={"salt_lssd.file_roots": ["lssd/*", "lssd/*/*"]},
     install_requires=["libtorrent>=2.0", "pyyaml", "cryptography"],
     extras_require={
         "salt": ["salt>=3006"],
@@ -44,6 +50,9 @@ setup(
             "pytest>=7",
             "pytest-salt-factories>=1.0.0",
             "pytest-timeout",
+            # test_packaging builds the package with these, offline (no build isolation).
+            "setuptools>=61",
+            "wheel",
         ],
     },
     entry_points={"salt.loader": ["lssd = salt_lssd.loader:get_dirs"]},

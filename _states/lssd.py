@@ -81,7 +81,9 @@ def _apply(name, state, **kwargs):
         plan = __salt__["lssd.plan"](state, name, test=bool(__opts__["test"]), **kwargs)
     except SaltException as exc:
         return dict(ret, result=False, comment=str(exc))
-    ret["comment"] = plan["comment"]
+    # Unknown keys under lssd: are said in every outcome's comment (and the minion log).
+    warned = "".join(f"; warning: {w}" for w in plan.get("warnings") or ())
+    ret["comment"] = plan["comment"] + warned
     if not plan["steps"]:
         return ret
     if __opts__["test"]:
@@ -92,13 +94,13 @@ def _apply(name, state, **kwargs):
             out = __salt__[f"lssd.{step['call']}"](**step["kwargs"])
         except SaltException as exc:
             comments.append(str(exc))
-            return dict(ret, result=False, comment="; ".join(comments))
+            return dict(ret, result=False, comment="; ".join(comments) + warned)
         if isinstance(out, dict) and out.get("comment"):
             comments.append(out["comment"])
         out = out if isinstance(out, dict) else {}
         if step["key"] and out.get("changed") is not False:
             _record(ret["changes"], step, out)
-    ret["comment"] = "; ".join(comments) or plan["comment"]
+    ret["comment"] = ("; ".join(comments) or plan["comment"]) + warned
     return ret
 
 

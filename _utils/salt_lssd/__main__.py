@@ -1,4 +1,8 @@
-"""``python -m salt_lssd <role> <run_dir>``: the entry point of every detached process."""
+"""``python -m salt_lssd <role> <run_dir>``: the entry point of every detached process.
+
+``python -m salt_lssd file_roots``: the directory holding the ``lssd`` SLS tree, to add to the
+master's file_roots after ``pip install salt-lssd``.
+"""
 
 import sys
 import traceback
@@ -8,8 +12,13 @@ from salt_lssd.procs import Reporter
 
 
 def main(argv):
+    if argv[1:] == ["file_roots"]:
+        from salt_lssd import loader
+
+        print(loader.file_roots())
+        return 0
     if len(argv) != 3 or argv[1] not in ("tracker", "seeder", "peer"):
-        sys.stderr.write("usage: python -m salt_lssd {tracker|seeder|peer} RUN_DIR\n")
+        sys.stderr.write("usage: python -m salt_lssd {tracker|seeder|peer} RUN_DIR | file_roots\n")
         return 2
     role, run_dir = argv[1], argv[2]
     reporter = Reporter(run_dir)

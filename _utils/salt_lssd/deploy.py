@@ -128,10 +128,25 @@ def peer(minion, tag, **kwargs):
     """
     tag = validate_tag(tag)
     try:
+        minion.settings.check_keys()
         return _peer(minion, tag, **kwargs)
-    except LssdError as exc:
-        minion.fire(f"lssd/peer/{tag}/failed", dict(_run(minion), tag=tag, reason=str(exc)))
+    except Exception as exc:
+        fire_failed(minion, tag, exc)
         raise
+
+
+def fire_failed(minion, tag, exc, refused=False):
+    """``lssd/peer/<tag>/failed`` with the ``reason``; ``refused``: before any byte moved."""
+    try:
+        validate_tag(tag)
+    except LssdError:
+        return  # no event tag can name it; the job's error does
+    try:
+        run = _run(minion)
+    except LssdError:  # a bad app or run_id setting is the failure itself, not its label
+        run = {"app": None, "run_id": None}
+    minion.fire(f"lssd/peer/{tag}/failed", dict(run, tag=tag, reason=str(exc) or type(exc).__name__,
+                                                refused=refused))
 
 
 def _run(minion):

@@ -23,3 +23,11 @@ def _loader_dir(installed_name, tree_name):
 
 def get_dirs():
     return {kind: [_loader_dir(f"loader_{kind}", tree)] for kind, tree in KINDS.items()}
+
+
+def file_roots():
+    """The directory to add to the master's file_roots for ``lssd.orch.deploy`` and the other
+    SLS files: the installed copy (salt_lssd/file_roots), else the repository's ``salt/``.
+    Salt's loader entry points provide modules, never SLS files, so this is the one step a
+    pip-only install needs on the master."""
+    return _loader_dir("file_roots", "salt")

@@ -32,7 +32,7 @@ class Minion:
         self.masterless = opts.get("file_client") == "local"
         self.grains = grains or {}
         self._salt = salt
-        self.settings = Settings(lambda key: salt["config.get"](key))
+        self.settings = Settings(lambda key: salt["config.get"](key), where=f"minion {self.id}")
         self._app = app
         self._opts = opts
 

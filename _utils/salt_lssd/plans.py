@@ -268,13 +268,25 @@ def rolled_back(minion, name, destination_path=None, rollback_to=None, current=N
 
 
 def plan(minion, state, name, test=False, **kwargs):
-    """The plan of the state ``state`` for ``name`` (see the module docstring)."""
+    """The plan of the state ``state`` for ``name`` (see the module docstring), with the
+    ``warnings`` of unknown pillar keys under ``lssd:``."""
     if state not in STATES:
         raise LssdError(f"state {state!r} is unknown; allowed: {', '.join(STATES)}")
-    if state == "deployed":
-        kwargs["test"] = test
-    return globals()[state](minion, name, **kwargs)
+    # A state that only stops something does not read the settings a typo would miss, and
+    # stopping must work whatever the pillar holds.
+    try:
+        warnings = minion.settings.check_keys() if state in _READS_SETTINGS else []
+        if state == "deployed":
+            kwargs["test"] = test
+        return dict(globals()[state](minion, name, **kwargs), warnings=warnings)
+    except LssdError as exc:
+        # A peer refused before its download (owner, a full target, a misspelt key) says so
+        # on the event bus as a failed download does; a dry run only predicts, so it is quiet.
+        if state == "deployed" and not test:
+            deploy.fire_failed(minion, name, exc, refused=True)
+        raise
 
 
+_READS_SETTINGS = ("tracker_running", "torrent_made", "seeding", "deployed", "absent", "rolled_back")
 STATES = ("tracker_running", "tracker_stopped", "torrent_made", "seeding", "seeding_stopped", "deployed", "absent",
           "peer_stopped", "archive_absent", "rolled_back")

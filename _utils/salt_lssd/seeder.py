@@ -7,12 +7,14 @@ libtorrent seeder (``swarm``) and publishes the torrent to the mine with a fresh
 returning once the master holds it; ``seed_stop`` stops it and withdraws the entry.
 """
 
+import functools
 import os
+import shutil
 import time
 import uuid
 from urllib.parse import urlsplit
 
-from salt_lssd import LssdError, NotPublished, credentials, mine, pack, procs, tree
+from salt_lssd import LssdError, NotPublished, credentials, inventory, mine, pack, procs, tree
 from salt_lssd import torrent as metainfo
 from salt_lssd.common import read_json, validate_tag, write_atomic, write_json_atomic
 
@@ -42,11 +44,38 @@ def tracker_url(minion, tracker=None, passkey=None):
     return metainfo.announce_url(host or tracker, port or minion.setting("tracker:port"), passkey)
 
 
+def _fails_with_event(func):
+    """A seeder step that fails sends ``lssd/seeder/<tag>/failed`` naming the ``step`` and the
+    ``reason``, as a failed peer sends ``lssd/peer/<tag>/failed``: a listener on the master
+    learns of it without the job's return."""
+
+    @functools.wraps(func)
+    def wrapper(minion, tag, *args, **kwargs):
+        try:
+            return func(minion, tag, *args, **kwargs)
+        except Exception as exc:
+            _fire_failed(minion, tag, func.__name__, exc)
+            raise
+
+    return wrapper
+
+
+def _fire_failed(minion, tag, step, exc):
+    try:
+        tag = validate_tag(tag)
+        run = {"app": minion.app, "run_id": minion.setting("run_id")}
+    except LssdError:
+        return  # a bad tag, app or run_id is the failure itself: the job's error names it
+    minion.fire(f"lssd/seeder/{tag}/failed", dict(run, tag=tag, step=step, reason=str(exc) or type(exc).__name__))
+
+
+@_fails_with_event
 def create_torrent(minion, tag, files_path=None, tracker=None, compression=None, exclude=None,
                    path_is_file=None, mode=None):
     """Pack the build of ``tag`` (or, in tree mode, hash its files) and make its torrent;
     returns what the torrent record keeps."""
     tag = validate_tag(tag)
+    minion.settings.check_keys()
     files_path = minion.setting("seeder_files_path", files_path)
     path_is_file = minion.setting("path_is_file", path_is_file)
     compression = minion.setting("compression", compression)
@@ -96,7 +125,48 @@ def create_torrent(minion, tag, files_path=None, tracker=None, compression=None,
     )
     write_json_atomic(layout.torrent_meta(tag), result)
     minion.fire(f"lssd/seeder/{tag}/torrent", {k: result[k] for k in ("tag", "infohash", "sha256", "size")})
-    return _shown(result)
+    return dict(_shown(result), pruned=prune_builds(minion, tag))
+
+
+def _made_here(layout):
+    """The tags whose torrent this seeder made (a ``<tag>.json`` beside it), newest first."""
+    try:
+        names = [n for n in os.listdir(layout.torrents) if n.endswith(".json")]
+    except FileNotFoundError:
+        return []
+    made = []
+    for name in names:
+        try:
+            made.append((os.stat(os.path.join(layout.torrents, name)).st_mtime, validate_tag(name[: -len(".json")])))
+        except (OSError, LssdError):
+            continue  # gone meanwhile, or not a tag's record
+    return [tag for _, tag in sorted(made, reverse=True)]
+
+
+def _in_use(layout, tag):
+    return any(procs.state(layout.run_dir(role, tag))["running"] for role in ("seeder", "peer"))
+
+
+def prune_builds(minion, newest, keep=None, test=False):
+    """Keep the archives and torrents of the ``keep`` tags made most recently in this app
+    namespace (default lssd:keep, the count a peer keeps installed; unset: keep every one)
+    and remove the older ones' archive, torrent and deploy key. ``newest`` (the tag made now)
+    and any tag a running seeder or peer here serves are always kept. Returns the tags removed."""
+    keep = minion.setting("keep", keep)
+    if not keep:
+        return []
+    layout = minion.layout
+    order = [newest] + [t for t in _made_here(layout) if t != newest]
+    old = [t for t in order[keep:] if not _in_use(layout, t)]
+    if test:
+        return old
+    for tag in old:
+        # A peer's downloads of the tag are its own (lssd.prune and rm_tgz handle them).
+        for path in inventory.archive_files(minion, tag):
+            if os.path.dirname(path) != layout.downloads:
+                os.unlink(path)
+        shutil.rmtree(layout.credentials(tag), ignore_errors=True)
+    return old
 
 
 def _make_archive_torrent(layout, tag, packed, url, root_cert, path_is_file, files_path):
@@ -217,9 +287,11 @@ def _publish(minion, tag, run_dir, nonce, run_id, timeout):
                  number(timeout, "publish_timeout"), run_id=run_id, tag=tag, **app, **mine.readers(minion))
 
 
+@_fails_with_event
 def seed_start(minion, tag, publish=True, publish_timeout=60):
     """Seed ``tag`` from a detached process (a no-op if this build is seeded already)."""
     tag = validate_tag(tag)
+    minion.settings.check_keys()
     lt_settings = minion.setting("libtorrent_settings")
     layout = minion.layout
     meta = local_torrent(minion, tag)

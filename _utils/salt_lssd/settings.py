@@ -7,12 +7,19 @@ SLS defaults (``salt/lssd/defaults.yaml``) and ``pillar.example`` are tested aga
 table. Required settings have no default: a run without them fails naming the key.
 """
 
+import difflib
+import logging
 import os
 
 from salt_lssd import LssdError, install, pack, releases
 from salt_lssd.common import validate_app, validate_tag
+from salt_lssd.tracker.protocol import DEFAULT_FORGET_AFTER
 
 REQUIRED = object()
+log = logging.getLogger(__name__)
+# How alike (difflib's ratio) an unknown key must be to a setting's name to be taken for a
+# misspelling of it: 'destinaton_path' and 'destination_path' are, 'build_owner' and 'keep' not.
+_TYPO_LIKENESS = 0.75
 
 
 def _bool(value, name):
@@ -209,6 +216,8 @@ TABLE = {
     "tracker:port": (8998, _port),
     "tracker:host": (None, _optional(_tracker_host)),
     "tracker:bind": ("0.0.0.0", _text),
+    # Below a minute a torrent registered by hand could be forgotten before its seeder starts.
+    "tracker:forget_after": (DEFAULT_FORGET_AFTER, _seconds(60)),
     "targets:tracker": (REQUIRED, _text),
     "targets:seeder": (REQUIRED, _text),
     "targets:peer": (REQUIRED, _text),
@@ -223,6 +232,60 @@ TABLE = {
     # Set by the run too: how many peers it deploys, which spaces out each peer's progress events.
     "run_peers": (None, _optional(_seconds(0))),
 }
+
+
+def _known_keys():
+    """``{parent: names}``: the keys each level under ``lssd:`` may hold ('' the top level).
+    Only nested settings (``tracker:port``) make a level; a setting's own value, such as
+    libtorrent_settings, is its check's business."""
+    levels = {"": set()}
+    for name in TABLE:
+        parent, _, leaf = name.rpartition(":")
+        levels[""].add(name.partition(":")[0])
+        if parent:
+            levels.setdefault(parent, set()).add(leaf)
+    return levels
+
+
+def unknown_keys(configured):
+    """``[(key, nearest)]`` for each key under ``lssd:`` (the dict ``configured``) that names
+    no setting: ``key`` as written (``lssd:tracker:prot``), ``nearest`` the setting it most
+    likely misspells, or None when it is like none of them."""
+    found = []
+    levels = _known_keys()
+
+    def walk(tree, parent):
+        for key in sorted(tree, key=str):
+            name = f"{parent}:{key}" if parent else str(key)
+            known = levels[parent]
+            if key in known:
+                if name in levels and isinstance(tree[key], dict):
+                    walk(tree[key], name)
+                continue
+            near = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=_TYPO_LIKENESS)
+            found.append((f"lssd:{name}", f"lssd:{parent + ':' if parent else ''}{near[0]}" if near else None))
+
+    if isinstance(configured, dict):
+        walk(configured, "")
+    return found
+
+
+def check_keys(configured):
+    """Refuse a key under ``lssd:`` that misspells a setting; return a warning for each other
+    unknown key (also logged). A misspelt key would be ignored and the setting's default or
+    another pillar's value used, deploying somewhere the operator did not ask for, so it
+    fails before any change; a key like no setting may be the operator's own data and is
+    only warned of."""
+    warnings = []
+    for key, nearest in unknown_keys(configured):
+        if nearest:
+            raise LssdError(f"{key} is not an lssd setting: did you mean {nearest}? Nothing is done "
+                            f"until it is fixed: as written it would be ignored and {nearest} taken "
+                            "from elsewhere or its default")
+        warnings.append(f"{key} is not an lssd setting and is ignored (the settings: pillar.example)")
+    for warning in warnings:
+        log.warning("lssd: %s", warning)
+    return warnings
 
 
 def default(name):
@@ -243,8 +306,17 @@ class Settings:
     default. A required setting with no value raises LssdError naming the key.
     """
 
-    def __init__(self, lookup):
+    def __init__(self, lookup, where=None):
         self._lookup = lookup
+        self._where = f" on {where}" if where else ""  # e.g. "minion web1", for the error
+        self._warnings = None
+
+    def check_keys(self):
+        """Warnings of :func:`check_keys` for what ``lssd`` holds (checked once); LssdError
+        for a misspelt key."""
+        if self._warnings is None:
+            self._warnings = check_keys(self._lookup("lssd"))
+        return self._warnings
 
     def get(self, name, value=None):
         if value is not None:
@@ -255,5 +327,5 @@ class Settings:
         fallback = default(name)
         if fallback is REQUIRED:
             argument = name.rpartition(":")[2]
-            raise LssdError(f"lssd:{name} is not set: set it in pillar (or pass {argument}=)")
+            raise LssdError(f"lssd:{name} is not set{self._where}: set it in pillar (or pass {argument}=)")
         return check(name, fallback) if fallback is not None else None

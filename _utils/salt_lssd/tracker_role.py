@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 def start(minion, port=None, bind=None, interval=None):
     """Start the tracker (a no-op if it runs) and publish its announce URL to the mine."""
+    minion.settings.check_keys()
     layout = minion.layout
     run_dir = layout.run_dir("tracker")
     port = minion.setting("tracker:port", port)
@@ -25,7 +26,8 @@ def start(minion, port=None, bind=None, interval=None):
     current = procs.state(run_dir)
     if current["running"]:
         return dict(current, changed=False, comment=f"tracker already running (pid {current.get('pid')})")
-    config = {"bind": bind, "port": port, "state_dir": layout.root}
+    config = {"bind": bind, "port": port, "state_dir": layout.root,
+              "forget_after": minion.setting("tracker:forget_after")}
     if interval is not None:
         config["interval"] = int(number(interval, "interval", 1))
     started = procs.spawn("tracker", run_dir, config)
@@ -97,6 +99,7 @@ def allow(minion, ref, seeder=None, run_id=None, wait=None):
     this step while the seeder still packs."""
     if ref is None:
         raise LssdError("tracker_allow needs a .torrent path or a tag")
+    minion.settings.check_keys()
     if run_id is not None:
         run_id = check("run_id", run_id, "run_id")
         tag = validate_tag(ref)

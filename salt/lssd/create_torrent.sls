@@ -5,7 +5,8 @@
         salt build01 state.apply lssd.create_torrent
 -#}
 {%- from "lssd/map.jinja" import lssd, require with context %}
-{{- require(["tag", "seeder_files_path"], "lssd.create_torrent") }}
+{#- A missing seeder_files_path fails the lssd.torrent_made state, naming the key (see lssd.peer). #}
+{{- require(["tag"], "lssd.create_torrent") }}
 
 lssd-torrent:
   lssd.torrent_made:

@@ -11,7 +11,10 @@
     something here (a new tag installed, current switched, old tags removed), never otherwise.
 -#}
 {%- from "lssd/map.jinja" import lssd, require, hook_sls with context %}
-{{- require(["tag", "destination_path"], "lssd.peer") }}
+{#- destination_path is not required here: a missing or null one fails the lssd.deployed state
+    with a plain comment naming the key (and a lssd/peer/<tag>/failed event), where a render
+    error would bury it in Salt's template excerpt and traceback. #}
+{{- require(["tag"], "lssd.peer") }}
 {%- set hooks = hook_sls("lssd.peer")|load_json %}
 {%- if hooks %}
 

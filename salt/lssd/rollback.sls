@@ -10,8 +10,8 @@
     lssd.orch.rollback does this on every peer of lssd:targets:peer. The lssd.rolled_back
     state decides which tag when it runs (test=True says so), not this template.
 -#}
-{%- from "lssd/map.jinja" import lssd, require, hook_sls with context %}
-{{- require(["destination_path"], "lssd.rollback") }}
+{%- from "lssd/map.jinja" import lssd, hook_sls with context %}
+{#- A missing destination_path fails the lssd.rolled_back state, naming the key (see lssd.peer). #}
 {%- set hooks = hook_sls("lssd.rollback")|load_json %}
 {%- if hooks %}
 

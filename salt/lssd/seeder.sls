@@ -6,7 +6,8 @@
         salt build01 state.apply lssd.seeder
 -#}
 {%- from "lssd/map.jinja" import lssd, require with context %}
-{{- require(["tag", "seeder_files_path"], "lssd.seeder") }}
+{#- A missing seeder_files_path fails the lssd.seeding state, naming the key (see lssd.peer). #}
+{{- require(["tag"], "lssd.seeder") }}
 
 lssd-seeding:
   lssd.seeding:

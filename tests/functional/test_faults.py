@@ -25,6 +25,9 @@ from salt_lssd import torrent as metainfo
 from loaderutil import free_port
 
 TAG = "Fault1"
+# Handing a file to another user (uid 65534) is what these checks are about; only root can.
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: chown to another user (uid 65534)")
+
 # Seeder settings that make a download last seconds on loopback, so a fault can land in it
 # (libtorrent exempts local peers from rate limits unless told otherwise).
 SLOW_SEEDER = {"upload_rate_limit": 1_000_000, "ignore_limits_on_local_network": False}
@@ -93,7 +96,8 @@ def tmpfs(tmp_path):
             capture_output=True, check=False,
         )
         if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs (root needed): {done.stderr.decode().strip()}")
+            pytest.skip(f"needs root with CAP_SYS_ADMIN to mount a {size} tmpfs (a container needs "
+                        f"--cap-add SYS_ADMIN); mount said: {done.stderr.decode().strip()}")
         mounted.append(path)
         return path
 
@@ -365,7 +369,10 @@ def test_zstd_bomb_is_refused_with_nothing_left(make_minion, tracker, tmp_path, 
     assert not dest.exists() or os.listdir(dest) == []
 
 
-def test_planted_pidfile_never_kills_another_process(make_minion, tmp_path):
+@pytest.fixture
+def planted(make_minion):
+    """(peer minion, its peer run directory, victim): a pidfile there names the victim, an
+    unrelated process (killed afterwards)."""
     peer = make_minion("peer")
     victim = subprocess.Popen(["sleep", "300"])
     try:
@@ -373,27 +380,43 @@ def test_planted_pidfile_never_kills_another_process(make_minion, tmp_path):
         start = procs._proc_start_time(victim.pid)  # pylint: disable=protected-access
         with open(os.path.join(where, "pid"), "w") as fh:
             fh.write(f"{victim.pid} {start}\n")
-        assert peer.modules.lssd.status()["processes"][0]["running"] is False
-        stopped = peer.modules.lssd.peer_stop(TAG)
-        assert stopped["changed"] is False and "not running" in stopped["comment"], stopped
-        # Nor from a pidfile another user owns.
-        os.chown(os.path.join(where, "pid"), 65534, 65534)
-        assert procs.stop(where) is None
-        assert victim.poll() is None, "the planted pid was signalled"
+        yield peer, where, victim
     finally:
         victim.kill()
         victim.wait()
 
 
-def test_state_dir_of_another_user_or_open_to_others_is_refused(make_minion, tmp_path):
+def test_planted_pidfile_never_kills_another_process(planted):
+    peer, _, victim = planted
+    assert peer.modules.lssd.status()["processes"][0]["running"] is False
+    stopped = peer.modules.lssd.peer_stop(TAG)
+    assert stopped["changed"] is False and "not running" in stopped["comment"], stopped
+    assert victim.poll() is None, "the planted pid was signalled"
+
+
+@needs_root
+def test_pidfile_another_user_owns_never_kills(planted):
+    _, where, victim = planted
+    os.chown(os.path.join(where, "pid"), 65534, 65534)
+    assert procs.stop(where) is None
+    assert victim.poll() is None, "the pid of another user's pidfile was signalled"
+
+
+def test_state_dir_open_to_others_is_refused(make_minion, tmp_path):
     open_dir = tmp_path / "open"
     open_dir.mkdir()
     os.chmod(open_dir, 0o777)
     minion = make_minion("peer", state_dir=str(open_dir), seeder_files_path=str(make_build_tree(tmp_path / "b", 1)))
     with pytest.raises(CommandExecutionError, match=r"writable by group or others \(mode 0777\)"):
         minion.modules.lssd.create_torrent(TAG)
-    os.chmod(open_dir, 0o700)
-    os.chown(open_dir, 65534, 65534)
+
+
+@needs_root
+def test_state_dir_of_another_user_is_refused(make_minion, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    os.chown(other, 65534, 65534)
+    minion = make_minion("peer", state_dir=str(other), seeder_files_path=str(make_build_tree(tmp_path / "b", 1)))
     with pytest.raises(CommandExecutionError, match=r"owned by uid 65534, not by the user running lssd"):
         minion.modules.lssd.create_torrent(TAG)
 

@@ -7,7 +7,11 @@ display and prints only its return data, which these tests read.
 
 import time
 
+import pytest
+
 from .lssd_integration import PEERS, wait_until
+
+pytestmark = pytest.mark.integration
 
 
 def deploy(env, *args):

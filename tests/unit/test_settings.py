@@ -73,3 +73,12 @@ def test_a_required_key_without_value_names_the_key():
     with pytest.raises(LssdError, match=r"lssd:targets:peer is not set"):
         lookup({})("targets:peer")
     assert lookup({})("current") is None and lookup({"lssd:current": True})("current") == "current"
+
+
+def test_the_documented_keys_are_all_known_and_a_misspelling_is_found():
+    example = yaml.safe_load((REPO / "pillar.example").read_text())["lssd"]
+    defaults = yaml.safe_load((REPO / "salt" / "lssd" / "defaults.yaml").read_text())["lssd"]
+    assert settings.unknown_keys(example) == [] and settings.unknown_keys(defaults) == []
+    found = settings.unknown_keys({"destinaton_path": "/x", "tracker": {"prot": 1}, "team": "ops"})
+    assert found == [("lssd:destinaton_path", "lssd:destination_path"), ("lssd:team", None),
+                     ("lssd:tracker:prot", "lssd:tracker:port")]

@@ -875,3 +875,62 @@ def test_ipv6_tracker_answers_peers6_and_trusts_its_own_host(start_tracker):
     content_type, body = get("/status")
     assert content_type == "application/json" and json.loads(body)["torrents"][INFOHASH.hex()]["peers"] == 2
     assert fetch_status("::1", running.port)["torrents"][INFOHASH.hex()]["leechers"] == 2
+
+
+# -- forgetting idle registrations -------------------------------------------------------------
+
+
+def registered_file(state_dir, infohash):
+    return os.path.join(state_dir, "tracker", "allowed", infohash.hex())
+
+
+def idle_for(state_dir, infohash, seconds):
+    """Make the registration of ``infohash`` look idle for ``seconds`` (its file's mtime)."""
+    then = time.time() - seconds
+    os.utime(registered_file(state_dir, infohash), (then, then))
+
+
+def test_an_idle_registration_is_forgotten_and_one_with_peers_never(state_dir, clock):
+    allow(state_dir, INFOHASH.hex(), "Deploy1", passkey="ab" * 8)
+    allow(state_dir, OTHER_INFOHASH.hex(), "Deploy0", passkey="cd" * 8)
+    core = Tracker(state_dir, peer_expiry=35, forget_after=60, clock=clock)
+    announce(core, 1, passkey="ab" * 8)
+    idle_for(state_dir, INFOHASH, 3600)
+    idle_for(state_dir, OTHER_INFOHASH, 3600)
+    assert core.forget_idle() == [OTHER_INFOHASH.hex()]
+    assert not os.path.exists(registered_file(state_dir, OTHER_INFOHASH)), "its passkey is still on disk"
+    assert list(core.status()["torrents"]) == [INFOHASH.hex()]
+    assert b"not registered" in core.announce({"info_hash": OTHER_INFOHASH, "peer_id": peer_id(2), "port": "6002",
+                                               "left": "1", "passkey": "cd" * 8}, "10.0.0.9")
+    # The torrent with a live peer is marked active, not forgotten; once its peer is gone
+    # for forget_after, it goes too.
+    assert time.time() - os.stat(registered_file(state_dir, INFOHASH)).st_mtime < 60
+    announce(core, 1, passkey="ab" * 8, event="stopped")
+    clock.now += 10
+    assert core.forget_idle() == []
+    idle_for(state_dir, INFOHASH, 61)
+    clock.now += 10
+    assert core.forget_idle() == [INFOHASH.hex()]
+    assert core.status()["torrents"] == {}
+
+
+def test_registering_again_restarts_the_idle_time(state_dir, clock):
+    allow(state_dir, INFOHASH.hex(), "Deploy1")
+    idle_for(state_dir, INFOHASH, 3600)
+    assert allow(state_dir, INFOHASH.hex(), "Deploy1")["changed"] is False
+    core = Tracker(state_dir, forget_after=60, clock=clock)
+    assert core.forget_idle() == [] and INFOHASH.hex() in core.status()["torrents"]
+
+
+def test_a_restarted_tracker_forgets_what_was_idle_before_it_stopped(start_tracker, state_dir):
+    allow(state_dir, OTHER_INFOHASH.hex(), "Deploy0")
+    idle_for(state_dir, OTHER_INFOHASH, 7200)  # a tag deployed two hours ago
+    running = start_tracker(forget_after=3600)  # registers INFOHASH now
+    torrents = running.status()["torrents"]
+    assert list(torrents) == [INFOHASH.hex()], torrents
+    assert not os.path.exists(registered_file(state_dir, OTHER_INFOHASH))
+
+
+def test_forget_after_is_checked():
+    with pytest.raises(LssdError, match=r"forget_after=0 must be a number of seconds > 0"):
+        Tracker("/nonexistent", forget_after=0)

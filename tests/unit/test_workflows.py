@@ -151,11 +151,16 @@ def test_deployed_plan_downloads_then_switches_and_says_so(fleet, built, tmp_pat
     assert "would download T1" in plan["comment"]
 
 
-def test_deployed_dry_run_reports_what_the_real_run_would_refuse(fleet, built, tmp_path):
+def full_target(tmp_path):
+    """A destination whose T1 directory holds someone else's file."""
     dest = tmp_path / "app"
     (dest / "T1").mkdir(parents=True)
     (dest / "T1" / "theirs").write_text("not ours")
-    peer = fleet.minion("web1", destination_path=str(dest))
+    return str(dest)
+
+
+def test_deployed_dry_run_reports_what_the_real_run_would_refuse(fleet, built, tmp_path):
+    peer = fleet.minion("web1", destination_path=full_target(tmp_path))
     with pytest.raises(LssdError, match="unsafe_please_delete"):
         plans.plan(peer, "deployed", "T1", test=True)
     with pytest.raises(LssdError, match="owner 'no-such-user-lssd'"):
@@ -444,3 +449,88 @@ def test_events_go_only_where_a_minion_event_bus_listens(tmp_path):
     assert event_bus_up(opts)
     # TCP IPC mode has no socket file to look for: events are sent as Salt would.
     assert event_bus_up({"sock_dir": str(tmp_path / "none"), "ipc_mode": "tcp"})
+
+
+def failed_events(fleet, role="peer"):
+    return [(tag, data) for tag, data in fleet.events if tag.startswith(f"lssd/{role}/") and tag.endswith("/failed")]
+
+
+def test_a_refusal_before_the_download_sends_the_failed_event(fleet, built, tmp_path):
+    peer = fleet.minion("web1", destination_path=full_target(tmp_path))
+    with pytest.raises(LssdError, match="unsafe_please_delete"):
+        plans.plan(peer, "deployed", "T1", test=True)
+    assert failed_events(fleet) == [], "a dry run predicts; it sends no failure"
+    with pytest.raises(LssdError, match="unsafe_please_delete") as refused:
+        plans.plan(peer, "deployed", "T1")
+    owner = fleet.minion("web2", destination_path=str(tmp_path / "b"), destination_owner="no-such-user-lssd")
+    with pytest.raises(LssdError, match="owner 'no-such-user-lssd'"):
+        plans.plan(owner, "deployed", "T1")
+    (first, data), (second, other) = failed_events(fleet)
+    assert first == second == "lssd/peer/T1/failed"
+    assert data == {"tag": "T1", "app": None, "run_id": None, "reason": str(refused.value), "refused": True}
+    assert "no-such-user-lssd" in other["reason"] and other["refused"] is True
+
+
+def test_a_misspelt_pillar_key_is_refused_naming_the_setting_it_misspells(fleet, built, tmp_path):
+    peer = fleet.minion("web1", destination_path=str(tmp_path / "app"), destinaton_path=str(tmp_path / "meant"),
+                        tracker={"host": "127.0.0.1", "prot": 1})
+    with pytest.raises(LssdError, match=r"lssd:destinaton_path is not an lssd setting: did you mean "
+                                        r"lssd:destination_path\?"):
+        plans.plan(peer, "deployed", "T1", test=True)
+    with pytest.raises(LssdError, match=r"lssd:destinaton_path .* did you mean lssd:destination_path"):
+        deploy.peer(peer, "T1")
+    assert "lssd:destinaton_path" in failed_events(fleet)[-1][1]["reason"]
+    assert not os.path.exists(tmp_path / "app") and not os.path.exists(tmp_path / "meant")
+    nested = fleet.minion("web2", destination_path=str(tmp_path / "b"), tracker={"host": "127.0.0.1", "prot": 1})
+    with pytest.raises(LssdError, match=r"lssd:tracker:prot is not an lssd setting: did you mean lssd:tracker:port\?"):
+        plans.plan(nested, "deployed", "T1", test=True)
+
+
+def test_an_unknown_key_like_no_setting_is_warned_of_and_the_plan_goes_on(fleet, built, tmp_path, caplog):
+    peer = fleet.minion("web1", destination_path=str(tmp_path / "app"), team_contact="ops@example.com")
+    plan = plans.plan(peer, "deployed", "T1", test=True)
+    assert plan["warnings"] == ["lssd:team_contact is not an lssd setting and is ignored (the settings: "
+                                "pillar.example)"]
+    assert "would download T1" in plan["comment"]
+    assert "lssd:team_contact is not an lssd setting" in caplog.text
+    # Stopping never depends on the pillar being right.
+    assert plans.plan(fleet.minion("web2", destinaton_path="/x"), "peer_stopped", "all")["warnings"] == []
+
+
+def test_a_failed_seeder_step_sends_the_seeder_failed_event(fleet, tmp_path):
+    made = fleet.minion("build01", seeder_files_path=str(tmp_path / "missing"),
+                        tracker={"host": "127.0.0.1", "port": 6969})
+    with pytest.raises(LssdError) as failed:
+        seeder.create_torrent(made, "T9")
+    with pytest.raises(LssdError, match="no torrent for tag 'T9'"):
+        seeder.seed_start(made, "T9", publish=False)
+    (tag, data), (tag2, data2) = failed_events(fleet, "seeder")
+    assert tag == tag2 == "lssd/seeder/T9/failed"
+    assert data == {"tag": "T9", "app": None, "run_id": None, "step": "create_torrent", "reason": str(failed.value)}
+    assert data2["step"] == "seed_start" and "no torrent for tag 'T9'" in data2["reason"]
+
+
+def test_the_seeder_keeps_the_last_keep_builds_and_never_one_it_seeds(fleet, tmp_path):
+    build = make_build_tree(tmp_path / "build", data_mb=1)
+    made = fleet.minion("build01", seeder_files_path=build, tracker={"host": "127.0.0.1", "port": 6969}, keep=1,
+                        compression="none")
+    layout = made.layout
+
+    def files_of(tag):
+        return sorted(n for where in (layout.archives, layout.torrents) for n in os.listdir(where)
+                      if n.startswith(tag + ".") or n.startswith(tag + "--"))
+
+    assert seeder.create_torrent(made, "T1")["pruned"] == []
+    os.makedirs(layout.downloads)
+    open(os.path.join(layout.downloads, "T1.tar"), "w").close()  # a peer's download here: not the seeder's
+    seeder.seed_start(made, "T1", publish=False)
+    try:
+        assert seeder.create_torrent(made, "T2")["pruned"] == [], "T1 is being seeded"
+        assert files_of("T1") == ["T1.json", "T1.ssl", "T1.tar", "T1.torrent"]
+    finally:
+        seeder.seed_stop(made, "T1")
+    os.utime(layout.torrent_meta("T1"), (1, 1))  # made long ago: T2 is the newer build
+    assert seeder.create_torrent(made, "T3")["pruned"] == ["T2", "T1"]
+    assert files_of("T1") == files_of("T2") == []
+    assert files_of("T3") == ["T3.json", "T3.ssl", "T3.tar", "T3.torrent"]
+    assert os.listdir(layout.downloads) == ["T1.tar"]

@@ -38,6 +38,11 @@ DEFAULT_ANNOUNCE_RATE = 1000
 # A peer that missed this many announces in a row is gone (crashed, unplugged).
 _EXPIRY_INTERVALS = 3
 _EXPIRY_SLACK = 5
+# A registered torrent with no peer for this long is forgotten, passkey and all: long enough
+# for a seeder started by hand after registering, short enough that a day's deploys do not pile
+# up. Idle registrations are looked for at most every _FORGET_EVERY seconds.
+DEFAULT_FORGET_AFTER = 3600
+_FORGET_EVERY = 5.0
 # A wrong passkey for a known info-hash re-reads its registration (it may have been renewed)
 # at most this often, so guessing costs no disk work.
 _RELOAD_EVERY = 1.0
@@ -77,7 +82,9 @@ class Tracker:
     announce; ``max_peers_per_torrent`` (20,000), ``max_peers_per_ip`` (8 per torrent, at
     least 2), ``max_peers`` (100,000 overall) and ``max_torrents`` (1,000) bound memory;
     ``announce_rate`` (1,000/s) is the steady announce load the interval grows to keep;
-    ``trusted_addresses`` (127.0.0.1, ::1) may list every torrent without ``admin_token``.
+    ``trusted_addresses`` (127.0.0.1, ::1) may list every torrent without ``admin_token``;
+    ``forget_after`` (s, default 3,600): a registered torrent whose swarm has had no peer for
+    this long is forgotten (registry.py), never one with live peers.
 
     Not thread-safe: server.py calls it from its one event-loop thread. ``clock`` (seconds,
     monotonic) is for tests.
@@ -90,7 +97,7 @@ class Tracker:
                  max_peers_per_ip=peerstore.DEFAULT_MAX_PEERS_PER_IP,
                  max_peers=peerstore.DEFAULT_MAX_PEERS, announce_rate=DEFAULT_ANNOUNCE_RATE,
                  trusted_addresses=DEFAULT_TRUSTED_ADDRESSES, admin_token=None,
-                 clock=time.monotonic):
+                 forget_after=DEFAULT_FORGET_AFTER, clock=time.monotonic):
         if not isinstance(state_dir, str) or not state_dir:
             raise LssdError(f"tracker setting state_dir={state_dir!r} must be a directory path")
         self.state_dir = state_dir
@@ -103,6 +110,10 @@ class Tracker:
         if isinstance(peer_expiry, bool) or not isinstance(peer_expiry, (int, float)) or peer_expiry <= 0:
             raise LssdError(f"tracker setting peer_expiry={peer_expiry!r} must be a number of seconds > 0")
         self.peer_expiry = peer_expiry
+        if isinstance(forget_after, bool) or not isinstance(forget_after, (int, float)) or forget_after <= 0:
+            raise LssdError(f"tracker setting forget_after={forget_after!r} must be a number of seconds > 0")
+        self.forget_after = forget_after
+        self._next_forget = -math.inf
         self.announce_rate = _int_setting("announce_rate", announce_rate, 1)
         self.store = peerstore.PeerStore(
             max_peers_per_torrent=_int_setting("max_peers_per_torrent", max_peers_per_torrent, 1),
@@ -234,8 +245,34 @@ class Tracker:
         return answer
 
     def sweep(self):
-        """Drop expired peers of every swarm, also those nobody announces to any more."""
+        """Drop expired peers of every swarm, also those nobody announces to any more, then
+        forget registrations idle for ``forget_after``."""
         self.store.sweep(self._clock())
+        self.forget_idle()
+
+    def forget_idle(self):
+        """Forget each registered torrent whose swarm has had no peer for ``forget_after``
+        seconds (at most every few seconds); returns the info-hashes (hex) forgotten. One
+        with peers is marked active instead, on disk, so a restart keeps its idle time."""
+        now = self._clock()
+        if now < self._next_forget:
+            return []
+        self._next_forget = now + _FORGET_EVERY
+        live = {ih.hex() for ih, swarm in self.store.swarms.items() if swarm.peers}
+        forgotten = []
+        for infohash in registry.infohashes(self.state_dir):
+            if infohash in live:
+                registry.mark_active(self.state_dir, infohash)
+                continue
+            since = registry.idle_since(self.state_dir, infohash)
+            if since is not None and time.time() - since > self.forget_after \
+                    and registry.forget(self.state_dir, infohash, since):
+                raw = bytes.fromhex(infohash)
+                self.store.swarms.pop(raw, None)
+                self._passkeys.pop(raw, None)
+                self._reloaded.pop(raw, None)
+                forgotten.append(infohash)
+        return forgotten
 
     def current_interval(self):
         """The announce interval handed out now: ``interval``, or longer once the peers

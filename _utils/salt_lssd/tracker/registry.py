@@ -5,6 +5,11 @@ reads it (:func:`lookup`), so registering needs no connection to the running tra
 registration may carry a passkey: the tracker then answers for that info-hash only to requests
 that present it, so a host that learns the info-hash alone learns nothing. The files are mode
 0600 because they hold the passkeys.
+
+A registration is not kept for ever: the tracker forgets one whose swarm has had no peer for
+a while (:func:`forget`), passkey and all, so neither its status nor this directory grows with
+every tag ever deployed. A file's mtime is when its torrent last had peers (or was
+registered), so a restarted tracker knows how long each has been idle.
 """
 
 import os
@@ -68,8 +73,40 @@ def allow(state_dir, infohash_hex, tag, passkey=None, app=None):
     changed = read_json(path) != record
     if changed:
         write_json_atomic(path, record)  # mode 0600: the record holds the passkey
+    else:
+        os.utime(path)  # registered again: idle from now on, not since the first time
     return {"infohash": infohash, "tag": tag, "app": app, "protected": passkey is not None, "path": path,
             "changed": changed}
+
+
+def idle_since(state_dir, infohash_hex):
+    """The wall-clock time ``infohash_hex`` last had peers (or was registered); None if it is
+    not registered."""
+    try:
+        return os.stat(os.path.join(Layout(state_dir).allowed, infohash_hex)).st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def mark_active(state_dir, infohash_hex):
+    """Record that ``infohash_hex`` has peers now (its idle time starts again)."""
+    try:
+        os.utime(os.path.join(Layout(state_dir).allowed, infohash_hex))
+    except FileNotFoundError:
+        pass  # forgotten or unregistered meanwhile
+
+
+def forget(state_dir, infohash_hex, idle_since_time):
+    """Remove the registration of ``infohash_hex`` if it is still idle since
+    ``idle_since_time`` (one registered again meanwhile stays); returns whether it went."""
+    path = os.path.join(Layout(state_dir).allowed, infohash_hex)
+    try:
+        if os.stat(path).st_mtime > idle_since_time:
+            return False
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def lookup(state_dir, infohash_hex):
@@ -83,20 +120,22 @@ def lookup(state_dir, infohash_hex):
             "passkey": passkey if isinstance(passkey, str) else None}
 
 
+def infohashes(state_dir):
+    """The info-hashes (lower-case hex) registered under ``state_dir``."""
+    try:
+        names = os.listdir(Layout(state_dir).allowed)
+    except FileNotFoundError:
+        return []
+    return [n for n in names if _HEX40.fullmatch(n) and n == n.lower()]  # not write_json_atomic's temps
+
+
 def registered(state_dir):
     """``{infohash hex: {"tag", "infohash", "protected"[, "app"]}}`` for every torrent registered under
     ``state_dir``; passkeys stay in the files."""
-    directory = Layout(state_dir).allowed
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return {}
     found = {}
-    for name in names:
-        if _HEX40.fullmatch(name) and name == name.lower():  # skips write_json_atomic's temps
-            record = lookup(state_dir, name) or {"tag": None, "app": None, "passkey": None}
-            found[name] = {"tag": record["tag"], "infohash": name,
-                           "protected": record["passkey"] is not None}
-            if record["app"]:  # a tag of an lssd:app namespace
-                found[name]["app"] = record["app"]
+    for name in infohashes(state_dir):
+        record = lookup(state_dir, name) or {"tag": None, "app": None, "passkey": None}
+        found[name] = {"tag": record["tag"], "infohash": name, "protected": record["passkey"] is not None}
+        if record["app"]:  # a tag of an lssd:app namespace
+            found[name]["app"] = record["app"]
     return found

@@ -405,7 +405,7 @@ def make_server(tracker, bind=DEFAULT_BIND, port=DEFAULT_PORT, **limits):
 
 _TRACKER_SETTINGS = ("interval", "min_interval", "numwant_default", "numwant_max", "peer_expiry",
                      "max_peers_per_torrent", "max_torrents", "max_peers_per_ip", "max_peers",
-                     "announce_rate", "trusted_addresses")
+                     "announce_rate", "trusted_addresses", "forget_after")
 _SERVER_SETTINGS = ("max_connections", "max_connections_per_ip", "request_timeout")
 
 
