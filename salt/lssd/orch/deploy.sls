@@ -221,3 +221,21 @@ lssd-abort:
 {%-   endif %}
       - salt: lssd-abort
 {%- endfor %}
+{#- BEGIN lssd-verify: the run's outcome from the master's job cache. #}
+{%- if canary_tgt is not none or rest_count > 0 %}
+
+# The peer steps above take each peer's return from the master's event bus, where any minion
+# can fire a return in another minion's name. This last step reads the returns the master
+# stored from each peer itself (its job cache) and fails naming every peer whose return is a
+# failure or missing, waiting at most a peer step's timeout for returns still on their way.
+lssd-verify:
+  salt.runner:
+    - name: lssd.verify
+    - run_id: {{ run_pillar.lssd.run_id|json }}
+    - wait: {{ peer_timeout }}
+    - require_any:
+      - test: lssd-run
+      - salt: lssd-stop-seeding
+      - salt: lssd-stop-tracker
+{%- endif %}
+{#- END lssd-verify #}
