@@ -7,7 +7,11 @@ display and prints only its return data, which these tests read.
 
 import time
 
+import pytest
+
 from .lssd_integration import PEERS, wait_until
+
+pytestmark = pytest.mark.integration
 
 
 def deploy(env, *args):
@@ -122,3 +126,33 @@ def test_status_shows_each_peers_tag_after_a_tag_bump_and_grains_follow(lssd_env
         return sorted(found.data or {}) == sorted(PEERS) if isinstance(found.data, dict) else False
 
     wait_until(targeted, 60, f"salt -G lssd_current:{second} to match {PEERS}", interval=2)
+
+
+def test_quiet_still_prints_an_error_that_stops_the_run(lssd_env, case):
+    # --quiet hides the return data, where the error is; the error must still reach the operator.
+    ret = lssd_env.salt_run.run("lssd.deploy", "tgt=web9*", "--quiet")
+    assert ret.returncode == 1
+    assert "'web9*' matches no minion" in ret.stderr, (ret.stdout, ret.stderr)
+    assert not lssd_env.running_roles() & {"tracker", "seeder"}
+
+
+def test_peers_a_failed_canary_kept_from_deploying_are_skipped_not_failed(lssd_env, case):
+    # web1 is the canary and refuses its target (a directory that is not empty).
+    target = case.destination("web1") / case.tag
+    target.mkdir(parents=True)
+    (target / "left-over").write_text("not ours\n")
+    ret = lssd_env.salt_run.run("lssd.deploy", "canary=web1", "--out=nested", "--no-color")
+    assert ret.returncode == 1, ret.stdout
+    lines = ret.stdout.splitlines()
+    (web1,) = [line for line in lines if line.startswith("web1 ")]
+    (web2,) = [line for line in lines if line.startswith("web2 ")]
+    assert web1.split()[1] == "failed" and web2.split()[1] == "skipped", lines
+    # The reason (a long path) wraps instead of running past the width of a terminal.
+    table = lines[lines.index(web1) - 2: lines.index(web2) + 1]
+    assert max(len(line) for line in table) <= 110, table
+    (result,) = [line for line in lines if " result " in line]
+    assert "FAILED on 1: web1: " in result and "1 skipped" in result, result
+    assert case.tags_in("web2") == []
+
+    report = lssd_env.salt_run.run("lssd.report", f"tag={case.tag}")
+    assert report.data["skipped"] == ["web2"] and list(report.data["failed"]) == ["web1"], report.data
