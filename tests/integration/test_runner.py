@@ -144,13 +144,14 @@ def test_peers_a_failed_canary_kept_from_deploying_are_skipped_not_failed(lssd_e
     ret = lssd_env.salt_run.run("lssd.deploy", "canary=web1", "--out=nested", "--no-color")
     assert ret.returncode == 1, ret.stdout
     lines = ret.stdout.splitlines()
-    (web1,) = [line for line in lines if line.startswith("web1 ")]
-    (web2,) = [line for line in lines if line.startswith("web2 ")]
-    assert web1.split()[1] == "failed" and web2.split()[1] == "skipped", lines
+    # The live display's table (the return data follows it, in Salt's nested output).
+    start = next(i for i, line in enumerate(lines) if line.startswith("minion  result"))
+    end = next(i for i, line in enumerate(lines) if i > start and line.startswith("web2 "))
+    table = lines[start:end + 1]
+    assert table[2].split()[:2] == ["web1", "failed"] and table[-1].split()[:2] == ["web2", "skipped"], table
     # The reason (a long path) wraps instead of running past the width of a terminal.
-    table = lines[lines.index(web1) - 2: lines.index(web2) + 1]
-    assert max(len(line) for line in table) <= 110, table
-    (result,) = [line for line in lines if " result " in line]
+    assert len(table) > 4 and max(len(line) for line in table) <= 110, table
+    (result,) = [line for line in lines if "s] result " in line]
     assert "FAILED on 1: web1: " in result and "1 skipped" in result, result
     assert case.tags_in("web2") == []
 
