@@ -51,7 +51,18 @@ def _call(func, *args, **kwargs):
         return func(*args, **kwargs)
     except salt_lssd.LssdError as exc:
         __context__["retcode"] = 1
+        if __opts__.get("quiet"):
+            # --quiet hides the return data, which is where the error is: say it on stderr.
+            sys.stderr.write(f"lssd: {exc}\n")
+            sys.stderr.flush()
         return {"result": False, "error": str(exc), "retcode": 1}
+
+
+def _for_people():
+    """True when salt-run prints for a person (no machine outputter such as --out=json)."""
+    from salt_lssd.runner.display import mode_for
+
+    return mode_for(__opts__) != "quiet"
 
 
 def _overrides(kwargs):
@@ -141,11 +152,61 @@ def report(jid=None, tag=None):
     .. code-block:: bash
 
         salt-run lssd.report tag=Deploy2
-        salt-run lssd.report jid=20261201012345678901
+        salt-run lssd.report jid=20261201012345678901 --out=json
+
+    In a terminal it prints the table alone (reasons wrapped to the terminal's width); with
+    ``--out=json`` (or yaml) the data: ``minions`` (a row per peer), ``failed``, ``skipped``,
+    ``jids`` (the peer jobs read), ``run_id`` and ``table``. Each peer's outcome comes from
+    the return the master stored for it, never from an event.
+    """
+    import shutil
+
+    from salt_lssd.runner import report as past
+
+    width = shutil.get_terminal_size((110, 24)).columns if _for_people() else None
+    ret = _call(past.report, __opts__, jid=jid, tag=tag, width=width)
+    if width and "table" in ret:
+        # A string: Salt's default outputter prints it as it is, the table and nothing else.
+        return "\n".join(ret["table"] + ["", _summary(ret)])
+    return ret
+
+
+def _summary(ret):
+    failed, skipped = ret["failed"], ret["skipped"]
+    text = f"{ret['tag']} (run {ret['run_id']}): {len(ret['minions'])} peers"
+    if not failed and not skipped:
+        return text + ", every one deployed"
+    return text + f", {len(failed)} failed" + (f", {len(skipped)} skipped" if skipped else "")
+
+
+def verify(run_id, wait=0, **kwargs):
+    """
+    Check a finished deploy against the master's job cache; the orchestrate's last step.
+
+    run_id
+        The run's ``lssd:run_id`` (every peer job carries it in its pillar).
+    wait
+        Seconds to wait for returns not yet in the job cache. Default: 0.
+
+    Fails (exit code 1), naming each peer whose stored return is a failure or missing: the
+    returns a peer job's step read from the event bus may have been forged by another minion,
+    the job cache's may not.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run lssd.verify 6c1e...
     """
     from salt_lssd.runner import report as past
 
-    return _call(past.report, __opts__, jid=jid, tag=tag)
+    ret = _call(past.verify, __opts__, run_id, wait=wait)
+    if ret.get("result") is False and "error" not in ret:
+        __context__["retcode"] = 1
+        ret = dict(ret, comment="not deployed: " + "; ".join(
+            f"{m}: {r}" for m, r in sorted(ret["failed"].items())) + (
+            f"; skipped: {', '.join(ret['skipped'])}" if ret["skipped"] else ""))
+    return ret
 
 
 def plan(lssd=None, register=True, **kwargs):

@@ -58,6 +58,12 @@ def test_every_step_has_a_timeout_and_roles_get_run_wide_values_only(lssd_env, c
         assert waits_for == {"lssd-run", "lssd-tracker", "lssd-seeder", "lssd-tracker-allow", "lssd-peers",
                              "lssd-abort"}, stop
     assert plan["lssd-tracker-allow"]["kwarg"]["run_id"] == plan["lssd-peers"]["pillar"]["lssd"]["run_id"]
+    # Last, the outcome from the job cache: this run's peers, waiting a peer step's timeout.
+    assert plan["lssd-verify"]["function"] == "salt.runner" and plan["lssd-verify"]["name"] == "lssd.verify"
+    assert plan["lssd-verify"]["run_id"] == plan["lssd-peers"]["pillar"]["lssd"]["run_id"]
+    assert plan["lssd-verify"]["wait"] == 100 + 321
+    assert {next(iter(r.values())) for r in plan["lssd-verify"]["require_any"]} == {
+        "lssd-run", "lssd-stop-seeding", "lssd-stop-tracker"}
     run_ids = set()
     for step_id, step in steps.items():
         if step["function"] != "salt.state":

@@ -126,3 +126,34 @@ def test_status_shows_each_peers_tag_after_a_tag_bump_and_grains_follow(lssd_env
         return sorted(found.data or {}) == sorted(PEERS) if isinstance(found.data, dict) else False
 
     wait_until(targeted, 60, f"salt -G lssd_current:{second} to match {PEERS}", interval=2)
+
+
+def test_quiet_still_prints_an_error_that_stops_the_run(lssd_env, case):
+    # --quiet hides the return data, where the error is; the error must still reach the operator.
+    ret = lssd_env.salt_run.run("lssd.deploy", "tgt=web9*", "--quiet")
+    assert ret.returncode == 1
+    assert "'web9*' matches no minion" in ret.stderr, (ret.stdout, ret.stderr)
+    assert not lssd_env.running_roles() & {"tracker", "seeder"}
+
+
+def test_peers_a_failed_canary_kept_from_deploying_are_skipped_not_failed(lssd_env, case):
+    # web1 is the canary and refuses its target (a directory that is not empty).
+    target = case.destination("web1") / case.tag
+    target.mkdir(parents=True)
+    (target / "left-over").write_text("not ours\n")
+    ret = lssd_env.salt_run.run("lssd.deploy", "canary=web1", "--out=nested", "--no-color")
+    assert ret.returncode == 1, ret.stdout
+    lines = ret.stdout.splitlines()
+    # The live display's table (the return data follows it, in Salt's nested output).
+    start = next(i for i, line in enumerate(lines) if line.startswith("minion  result"))
+    end = next(i for i, line in enumerate(lines) if i > start and line.startswith("web2 "))
+    table = lines[start:end + 1]
+    assert table[2].split()[:2] == ["web1", "failed"] and table[-1].split()[:2] == ["web2", "skipped"], table
+    # The reason (a long path) wraps instead of running past the width of a terminal.
+    assert len(table) > 4 and max(len(line) for line in table) <= 110, table
+    (result,) = [line for line in lines if "s] result " in line]
+    assert "FAILED on 1: web1: " in result and "1 skipped" in result, result
+    assert case.tags_in("web2") == []
+
+    report = lssd_env.salt_run.run("lssd.report", f"tag={case.tag}")
+    assert report.data["skipped"] == ["web2"] and list(report.data["failed"]) == ["web1"], report.data

@@ -54,7 +54,7 @@ def test_view_folds_events_into_states_rates_and_eta():
                                            "size": 1000}, "web2")
     view.on_event("lssd/peer/T/failed", {"tag": "T", "reason": "disk full"}, "web3")
     view.on_event("lssd/peer/OTHER/failed", {"reason": "not ours"}, "web1")
-    assert view.counts() == {"done": 0, "downloading": 2, "installing": 0, "waiting": 0, "failed": 1}
+    assert view.counts() == {"done": 0, "downloading": 2, "installing": 0, "waiting": 0, "failed": 1, "skipped": 0}
     assert view.rate() == 150
     assert view.eta() == pytest.approx(18.0)  # web2: 900 bytes at 50 B/s
     assert [p.name for p in view.slowest(1)] == ["web2"]
@@ -74,11 +74,36 @@ def test_succeeded_reads_state_and_function_returns():
 
 def test_table_rows_and_render():
     ret = {"return": {"lssd_|-T_|-T_|-deployed": {"result": True, "comment": "deployed T", "changes": {
-        "deployed": {"bytes": 2_000_000, "seconds": 2.0, "from_seeder": 500_000, "from_peers": 1_500_000}}}}}
-    rows = {"web1": table.from_return("web1", True, "", ret, summary={"install_seconds": 0.5}),
+        "deployed": {"bytes": 2_000_000, "seconds": 2.0, "from_seeder": 500_000, "from_peers": 1_500_000,
+                     "install_seconds": 0.5}}}}}
+    rows = {"web1": table.from_return("web1", True, "", ret),
             "web2": table.row("web2", False, "download of T failed: disk full")}
     assert rows["web1"]["result"] == "ok" and rows["web1"]["install_seconds"] == 0.5
     lines = table.render(rows)
     assert lines[0].split()[:3] == ["minion", "result", "bytes"]
     assert lines[2].split() == ["web1", "ok", "2.0", "MB", "2.00", "1.0", "0.5", "MB", "1.5", "MB", "0.50"]
     assert lines[3].startswith("web2    failed") and lines[3].endswith("download of T failed: disk full")
+
+
+def test_long_reasons_wrap_within_the_width_and_are_trimmed():
+    reason = "download of T failed: " + " ".join(f"word{i}" for i in range(80))
+    rows = {"web1": table.row("web1", False, reason), "web2": table.row("web2", False, "disk full")}
+    lines = table.render(rows, width=110)
+    assert max(len(line) for line in lines) <= 110, lines
+    web1 = [i for i, line in enumerate(lines) if line.startswith("web1")][0]
+    # Three lines at most for one reason, the last one saying that some was left out.
+    assert lines[web1 + 2].endswith("...") and lines[web1 + 3].startswith("web2")
+    assert lines[web1 + 3].endswith("disk full")
+    # Without a width (the return data's table) nothing is cut.
+    assert any(line.endswith("word79") for line in table.render(rows))
+
+
+def test_skipped_peers_are_counted_apart_from_failed_ones():
+    view = SwarmView("T", ["web1", "web2"])
+    view.finished("web1", False, "canary failed its hook")
+    view.skipped("web2")
+    assert view.counts()["failed"] == 1 and view.counts()["skipped"] == 1
+    assert "1 failed, 1 skipped" in display.progress_lines(view, 3)[0]
+    row = table.skipped("web2", "not deployed: a canary failed")
+    assert row["result"] == "skipped"
+    assert table.render({"web2": row})[2].split()[:2] == ["web2", "skipped"]

@@ -100,6 +100,7 @@ def progress_lines(view, elapsed):
     head = (
         f"  {elapsed:4.0f}s  peers {counts['done']}/{total} done, {counts['downloading']} downloading, "
         f"{counts['installing']} installing, {counts['waiting']} waiting, {counts['failed']} failed"
+        + (f", {counts['skipped']} skipped" if counts["skipped"] else "")
     )
     rates = (
         f"{_rate(view.rate())} down | seeder "

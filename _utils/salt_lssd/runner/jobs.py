@@ -1,9 +1,13 @@
 """Salt jobs from the runner: publish, then collect returns and ``lssd/...`` events in one loop.
 
-Every job is published with ``LocalClient.run_job`` and its returns are read from the master's
-event bus (``salt/job/<jid>/ret/<minion>``), the same subscription that carries the minions'
-``lssd/peer/<tag>/...`` events, so the live display keeps moving while a step runs. A step has
-an explicit timeout. A minion that is slow is waited for, not reported missing: every
+Every job is published with ``LocalClient.run_job``. Its returns are read from the master's job
+cache (jobcache.py), never from the event bus: any accepted minion can fire
+``salt/job/<jid>/ret/<another minion>`` with a made-up return. A return event on the bus (the
+same subscription that carries the minions' ``lssd/peer/<tag>/...`` events, so the live
+display keeps moving while a step runs) only says when to look in the cache, and every
+``CACHE_POLL`` seconds the cache is read for every minion still awaited, so a forged event can
+delay a result by at most a poll, and a lost one costs no more. A step has an explicit
+timeout. A minion that is slow is waited for, not reported missing: every
 ``PROBE_EVERY`` seconds the minions that have not returned are asked ``saltutil.find_job``
 (again a published job read from the bus); one that twice says the job no longer runs, and
 still has not returned, failed, and is named with that reason.
@@ -11,14 +15,20 @@ still has not returned, failed, and is named with that reason.
 
 import time
 
+from salt_lssd.runner.jobcache import JobCache
+
 PROBE_EVERY = 20.0
+CACHE_POLL = 2.0
+# How long a return event is followed up in the cache before only the poll looks again: the
+# master fires the event just before it writes the cache; a forged one is never confirmed.
+CLAIM_TTL = 10.0
 # State results are keyed "<module>_|-<id>_|-<name>_|-<function>": how a state return is told
 # from a function's dict.
 _STATE_KEY_SEP = "_|-"
 
 
 def succeeded(ret):
-    """(ok, reason) of one minion's return event data of an execution or state function."""
+    """(ok, reason) of one minion's cached return of an execution or state function."""
     value = ret.get("return")
     if ret.get("retcode", 0) not in (0, None) or ret.get("success") is False:
         return False, _reason(value)
@@ -62,11 +72,15 @@ class Bus:
 
         self.opts = opts
         self.client = salt.client.LocalClient(mopts=opts)
+        self.cache = JobCache(opts)
         self.events = salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=True)
         self.listeners = []  # callables (tag, data) for every lssd/... event
         self.ticks = []  # callables () run at least twice a second while waiting
         self.jobs = {}
         self._probes = {}  # find_job jid -> the Job it asks about
+        self._claims = {}  # jid -> {minion: when an event said it returned}
+        self._answered = set()  # (probe jid, minion) already taken from the cache
+        self._next_poll = time.monotonic() + CACHE_POLL
 
     def close(self):
         self.events.destroy()
@@ -91,7 +105,7 @@ class Bus:
         return job
 
     def run(self, minions, fun, arg=(), kwarg=None, timeout=600):
-        """Publish and wait: ``{minion: return event data}`` (missing minions with a reason)."""
+        """Publish and wait: ``{minion: cached return}`` (missing minions with a reason)."""
         job = self.publish(minions, fun, arg, kwarg, timeout)
         self.wait([job])
         return job.returns
@@ -120,6 +134,7 @@ class Bus:
                 self._dispatch(event.get("tag", ""), event.get("data") or {})
             if left <= 0 or not event:
                 break
+        self._confirm()
         for tick in self.ticks:
             tick()
 
@@ -131,10 +146,35 @@ class Bus:
         parts = tag.split("/")
         if len(parts) == 5 and parts[:2] == ["salt", "job"] and parts[3] == "ret":
             jid, minion = parts[2], parts[4]
-            if jid in self._probes:
-                self._probe_answer(self._probes[jid], minion, data.get("return"))
-            elif jid in self.jobs and minion in self.jobs[jid].waiting:
-                self._returned(self.jobs[jid], minion, data)
+            # Not the return itself (the event's data is whatever its sender chose): a hint
+            # that the job cache may now hold one.
+            if jid in self._probes or (jid in self.jobs and minion in self.jobs[jid].waiting):
+                self._claims.setdefault(jid, {}).setdefault(minion, time.monotonic())
+
+    def _confirm(self):
+        """Take from the job cache the returns that events announced, and every
+        ``CACHE_POLL`` seconds those of every awaited minion."""
+        now = time.monotonic()
+        jids = set(self._claims)
+        if now >= self._next_poll:
+            self._next_poll = now + CACHE_POLL
+            jids |= {jid for jid, job in self.jobs.items() if job.waiting}
+        for jid in sorted(jids):
+            cached = self.cache.returns(jid)
+            for minion, ret in cached.items():
+                self._cached_return(jid, minion, dict(ret, id=minion, jid=jid))
+            claims = self._claims.pop(jid, {})
+            left = {m: t for m, t in claims.items() if m not in cached and now - t < CLAIM_TTL}
+            if left:
+                self._claims[jid] = left
+
+    def _cached_return(self, jid, minion, ret):
+        if jid in self._probes:
+            if (jid, minion) not in self._answered:
+                self._answered.add((jid, minion))
+                self._probe_answer(self._probes[jid], minion, ret.get("return"))
+        elif jid in self.jobs and minion in self.jobs[jid].waiting:
+            self._returned(self.jobs[jid], minion, ret)
 
     def _returned(self, job, minion, data):
         job.waiting.discard(minion)

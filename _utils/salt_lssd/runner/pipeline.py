@@ -56,7 +56,8 @@ class Deploy:
         self.job_timeout = plan["job_timeout"]
         self.view = SwarmView(self.tag)
         self.rows = {}
-        self.out = {"tag": self.tag, "result": True, "phases": {}, "minions": self.rows, "jids": {}}
+        self.out = {"tag": self.tag, "result": True, "phases": {}, "minions": self.rows, "jids": {},
+                    "run_id": settings["run_pillar"]["lssd"]["run_id"]}
         self._seeder_poll = None
         self._aborted = False
         self.seeders = []
@@ -147,8 +148,8 @@ class Deploy:
             for number, wave in enumerate(waves):
                 if not self._wave(wave) and canary and number == 0:
                     for minion in (m for later in waves[1:] for m in later["minions"]):
-                        self.view.finished(minion, False, "not deployed: a canary failed")
-                        self.rows[minion] = table.row(minion, False, "not deployed: a canary failed")
+                        self.view.skipped(minion)
+                        self.rows[minion] = table.skipped(minion, "not deployed: a canary failed")
                     break
         finally:
             self.bus.ticks.remove(self._tick)
@@ -179,12 +180,14 @@ class Deploy:
         return all(self.rows[m]["result"] != "failed" for m in minions)
 
     def _peer_returned(self, minion, data):
+        """The row of a peer from its job-cached return alone; its events (which any minion
+        can forge) only add context to a return that never came."""
         ok, reason = succeeded(data)
         peer = self.view.peers.get(minion)
         if not ok and peer is not None and peer.reason and data.get("missing"):
             reason = f"{reason}; last event: {peer.reason}"
         self.view.finished(minion, ok, reason)
-        self.rows[minion] = table.from_return(minion, ok, reason, data, summary=peer.summary if peer else None)
+        self.rows[minion] = table.from_return(minion, ok, reason, data)
         self.display.swarm(self.view, force=True)
 
     def _tick(self):
@@ -205,13 +208,16 @@ class Deploy:
         failed = {m: row["reason"] for m, row in self.rows.items() if row["result"] == "failed"}
         failed.update({f"{m} ({phase})": reason for phase, body in self.out["phases"].items()
                        for m, reason in body.get("failed", {}).items()})
+        skipped = sorted(m for m, row in self.rows.items() if row["result"] == "skipped")
         self.out["failed"] = failed
-        self.out["result"] = self.out["result"] and not failed
+        self.out["skipped"] = skipped
+        self.out["result"] = self.out["result"] and not failed and not skipped
         self.out["retcode"] = 0 if self.out["result"] else 1
         if self.rows:
-            self.display.lines([""] + table.render(self.rows) + [""])
+            self.display.lines([""] + table.render(self.rows, width=self.display.width) + [""])
         self.display.phase("result", f"{self.tag}: " + ("every peer deployed" if self.out["result"] else
-                           f"FAILED on {len(failed)}: " + _failures(failed)))
+                           f"FAILED on {len(failed)}: " + _failures(failed)
+                           + (f"; {len(skipped)} skipped (not deployed)" if skipped else "")))
         done = [m for m, row in self.rows.items() if row["result"] == "ok"]
         if done:
             # salt -G 'lssd_current:<tag>' matches on the master's cache of the grains, which a

@@ -1,10 +1,13 @@
 """The per-minion table of a deploy, from the peer step's returns (or a job cache entry).
 
-One row per peer: result, bytes, download seconds, MB/s, bytes from the seeder and from other
-peers, verify+install seconds, and the reason of a failure. ``rows`` reads the ``lssd.deployed``
-state's return (or the ``complete`` event's summary when that is all there is); ``render``
-lays the rows out as text.
+One row per peer: result (``ok``, ``unchanged``, ``failed`` or ``skipped``), bytes, download
+seconds, MB/s, bytes from the seeder and from other peers, verify+install seconds, and the
+reason of a failure. ``from_return`` reads the ``lssd.deployed`` state's return as the job cache
+holds it (never an event: a minion can fire those under any id); ``render`` lays the rows out as
+text no wider than the terminal.
 """
+
+import textwrap
 
 HEADERS = ("minion", "result", "bytes", "seconds", "MB/s", "from seeder", "from peers", "install s", "")
 
@@ -36,12 +39,16 @@ def row(minion, ok, reason=None, deployed=None, state=None):
     return entry
 
 
-def from_return(minion, ok, reason, ret, summary=None):
-    """The row of a peer whose step job returned ``ret``; ``summary``: its complete event."""
+def skipped(minion, reason):
+    """The row of a peer the run chose not to deploy (a canary failed): neither ok nor failed."""
+    return {"result": "skipped", "reason": reason}
+
+
+def from_return(minion, ok, reason, ret):
+    """The row of a peer whose step job returned ``ret`` (its job cache entry)."""
     state = deployed_state(ret)
     deployed = ((state or {}).get("changes") or {}).get("deployed") or {}
-    merged = dict(summary or {}, **{k: v for k, v in deployed.items() if v is not None})
-    return row(minion, ok, reason, merged, state)
+    return row(minion, ok, reason, deployed, state)
 
 
 def _mb(value):
@@ -60,11 +67,42 @@ def _cells(minion, entry):
     )
 
 
-def render(rows):
-    """``{minion: row}`` as text lines: a header, a rule and one line per minion."""
+# A reason gets at least this many columns beside the cells, else it goes below them; and at
+# most this many lines, the rest trimmed (the return data keeps every reason whole).
+REASON_MIN = 30
+REASON_LINES = 3
+
+
+def render(rows, width=None):
+    """``{minion: row}`` as text lines: a header, a rule and one line per minion, whose reason
+    wraps (then is trimmed) so that no line is wider than ``width``."""
     cells = [_cells(minion, rows[minion]) for minion in sorted(rows)]
-    widths = [max(len(str(c[i])) for c in cells + [HEADERS]) for i in range(len(HEADERS))]
+    widths = [max(len(str(c[i])) for c in cells + [HEADERS]) for i in range(len(HEADERS) - 1)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(HEADERS, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths[:-1]).rstrip())
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(cell, widths)).rstrip() for cell in cells]
+    lines.append("  ".join("-" * w for w in widths).rstrip())
+    indent = sum(widths) + 2 * len(widths)
+    for cell in cells:
+        head = "  ".join(str(c).ljust(w) for c, w in zip(cell, widths))
+        reason = str(cell[-1])
+        if not width or indent + len(reason) <= width:
+            lines.append(f"{head}  {reason}".rstrip())
+            continue
+        wrap_at = indent if width - indent >= REASON_MIN else 4
+        wrapped = _wrap(reason, max(width - wrap_at, 20))
+        if wrap_at == indent:
+            lines.append(f"{head}  {wrapped[0]}")
+            lines += [" " * indent + more for more in wrapped[1:]]
+        else:
+            lines.append(head.rstrip())
+            lines += [" " * wrap_at + more for more in wrapped]
     return lines
+
+
+def _wrap(text, width):
+    """``text`` in lines of ``width`` at most, no more than REASON_LINES, the last ending in
+    ``...`` when some was left out."""
+    wrapped = textwrap.wrap(" ".join(text.split()), width, break_long_words=True) or [""]
+    if len(wrapped) <= REASON_LINES:
+        return wrapped
+    last = wrapped[REASON_LINES - 1]
+    return wrapped[: REASON_LINES - 1] + [last[: width - 3].rstrip() + "..."]

@@ -3,7 +3,7 @@ events and the peer step's job returns.
 
 A peer is ``waiting`` (its job runs, no download yet), ``downloading`` (``start`` or
 ``progress`` seen), ``installing`` (downloaded, verify and extract under way), ``done`` or
-``failed``; the aggregates (rate, bytes, ETA) are sums over the peers.
+``failed``, or ``skipped`` (not deployed because a canary failed); the aggregates (rate, bytes, ETA) are sums over the peers.
 """
 
 import time
@@ -75,8 +75,13 @@ class SwarmView:
             peer.status, peer.rate = "failed", 0
             peer.reason = peer.reason or reason
 
+    def skipped(self, minion):
+        """The run will not deploy ``minion`` (a canary failed)."""
+        peer = self.peers.setdefault(minion, Peer(minion))
+        peer.status, peer.rate = "skipped", 0
+
     def counts(self):
-        found = {"done": 0, "downloading": 0, "installing": 0, "waiting": 0, "failed": 0}
+        found = {"done": 0, "downloading": 0, "installing": 0, "waiting": 0, "failed": 0, "skipped": 0}
         for peer in self.peers.values():
             found[peer.status] += 1
         return found

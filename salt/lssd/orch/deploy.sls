@@ -189,7 +189,6 @@ lssd-abort:
 {%-   endfor %}
       - salt: lssd-abort
 {%- endfor %}
-
 # The master forgets the run last: its minions are served nothing more for it.
 lssd-run-end:
   salt.runner:
@@ -199,3 +198,19 @@ lssd-run-end:
       - test: lssd-run
       - salt: lssd-stop-seeding
       - salt: lssd-stop-tracker
+{%- if plan.waves %}
+
+# The peer steps above take each peer's return from the master's event bus, where any minion
+# can fire a return in another minion's name. This last step reads the returns the master
+# stored from each peer itself (its job cache) and fails naming every peer whose return is a
+# failure or missing, waiting at most a peer step's timeout for returns still on their way.
+lssd-verify:
+  salt.runner:
+    - name: lssd.verify
+    - run_id: {{ plan.run_id|json }}
+    - wait: {{ plan.peer_timeout }}
+    - require_any:
+      - test: lssd-run
+      - salt: lssd-stop-seeding
+      - salt: lssd-stop-tracker
+{%- endif %}
