@@ -20,12 +20,11 @@ The ``lssd.*`` functions get no pillar, so they are handed the app as ``app=``.
 
 import time
 
-from salt_lssd import LssdError
+from salt_lssd import channel
+from salt_lssd.runner import plan as run_plan
 from salt_lssd.runner import table
 from salt_lssd.runner.display import Display, mode_for
 from salt_lssd.runner.jobs import Bus, succeeded
-from salt_lssd import channel
-from salt_lssd.runner import plan as run_plan
 from salt_lssd.runner.settings import master_pillar
 from salt_lssd.runner.view import SwarmView
 
@@ -57,7 +56,7 @@ class Deploy:
         self.view = SwarmView(self.tag)
         self.rows = {}
         self.out = {"tag": self.tag, "result": True, "phases": {}, "minions": self.rows, "jids": {},
-                    "run_id": settings["run_pillar"]["lssd"]["run_id"]}
+                    "run_id": plan["run_id"]}
         self._seeder_poll = None
         self._aborted = False
         self.seeders = []
