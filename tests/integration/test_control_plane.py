@@ -7,13 +7,17 @@ Every test stands alone (``-k`` runs any one of them) on its own tags and direct
 
 import json
 import socket
+import sys
 import time
 
 import pytest
 
-from .lssd_integration import PEERS, minion_states, orchestrate_errors, orchestrate_states, wait_until
+from .lssd_integration import REPO, PEERS, minion_states, orchestrate_errors, orchestrate_states, wait_until
 
 pytestmark = pytest.mark.integration
+
+sys.path.insert(0, str(REPO / "bench"))
+import fakefleet  # noqa: E402  bench/fakefleet.py
 
 RUN_WIDE = {"tag", "run_id", "targets", "tracker", "rollback_to", "run_peers"}
 
@@ -327,3 +331,20 @@ def test_a_down_peer_is_named_before_any_job_and_skip_deploys_the_others(lssd_en
         assert states["lssd-peers"]["result"] is True, states["lssd-peers"]
         assert case.tags_in("web1") == [case.tag]
         assert states["lssd-stop-seeding"]["result"] is True and states["lssd-stop-tracker"]["result"] is True
+
+
+def test_a_deploy_on_a_master_with_thousands_of_idle_accepted_minions(lssd_env, case):
+    # A big fleet's master: 3,000 more accepted minions (keys and cached grains, half with
+    # role: web) that the run does not target and that never answer. The run's plan resolves
+    # the real peers once, and their reads go through the run channel, not the mine.
+    fakefleet.add_to_master(lssd_env.master.config, 3000)
+    try:
+        assert len(fakefleet.existing(lssd_env.master.config["pki_dir"])) == 3000
+        plan = lssd_env.salt_run.run("lssd.plan", "register=False").data
+        assert plan["roles"]["peer"] == list(PEERS), plan
+        states = assert_ok(lssd_env.orchestrate())
+        assert sorted(minion_states(states["lssd-peers"])) == list(PEERS)
+        for peer in PEERS:
+            assert case.tags_in(peer) == [case.tag]
+    finally:
+        fakefleet.remove_from_master(lssd_env.master.config)
