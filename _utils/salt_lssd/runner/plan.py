@@ -11,6 +11,7 @@ any job starts, naming the key.
 """
 
 import json
+import time
 
 from salt_lssd import LssdError, channel
 from salt_lssd.runner.settings import batch_size, run_settings
@@ -60,15 +61,9 @@ def _down(opts, roles, timeout, policy):
     ``policy`` skip; LssdError naming every minion down, if a tracker or seeder is, or with
     ``policy`` fail. One round for the whole run: a down minion is named now, not after a
     job's timeout."""
-    import salt.client  # pylint: disable=import-outside-toplevel
-
     everyone = sorted({m for ids in roles.values() for m in ids})
-    client = salt.client.LocalClient(mopts=opts)
-    try:
-        answered = client.cmd(everyone, "test.ping", tgt_type="list", timeout=timeout) or {}
-    finally:
-        client.destroy()
-    down = [m for m in everyone if answered.get(m) is not True]
+    answered = _ping(opts, everyone, timeout)
+    down = [m for m in everyone if m not in answered]
     control = sorted(m for m in down if m in roles["tracker"] or m in roles["seeder"])
     if control or (down and policy == "fail"):
         raise LssdError(
@@ -78,6 +73,27 @@ def _down(opts, roles, timeout, policy):
             + f". Check: salt {' '.join(down[:1])} test.ping; salt-run manage.down"
         )
     return down
+
+
+def _ping(opts, minions, timeout):
+    """The ``minions`` that answer ``test.ping`` within ``timeout`` seconds. A deadline of
+    our own: Salt's ``LocalClient.cmd`` keeps asking a down minion (find_job) past it."""
+    import salt.client  # pylint: disable=import-outside-toplevel
+
+    client = salt.client.LocalClient(mopts=opts)
+    answered = set()
+    try:
+        pub = client.run_job(minions, "test.ping", tgt_type="list", timeout=timeout, listen=True)
+        deadline = time.monotonic() + timeout
+        for event in client.get_returns_no_block(f"salt/job/{pub['jid']}/ret"):
+            data = (event or {}).get("data") or {}
+            if data.get("return") is True and data.get("id") in minions:
+                answered.add(data["id"])
+            if len(answered) == len(minions) or time.monotonic() >= deadline:
+                return answered
+    finally:
+        client.destroy()
+    return answered
 
 
 def _matching(resolve, expr, label):
