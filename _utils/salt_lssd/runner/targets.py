@@ -7,6 +7,8 @@ tracker, a seeder, peers and a canary paid that scan four times, on every render
 reads each minion's entry at most once per run.
 """
 
+import copy
+
 
 class _ReadOnce:
     """The master's minion cache, each listing and each entry read at most once."""
@@ -30,20 +32,28 @@ class _ReadOnce:
         return getattr(self._cache, name)
 
 
+def _once(function):
+    """``function()`` called once; later calls get a copy of its first answer."""
+    answer = []
+
+    def called():
+        if not answer:
+            answer.append(function())
+        return copy.deepcopy(answer[0])
+
+    return called
+
+
 def resolver(opts):
     """``resolve(expr)``: the sorted ids of the accepted minions that compound ``expr`` matches."""
     import salt.utils.minions  # pylint: disable=import-outside-toplevel
 
     checker = salt.utils.minions.CkMinions(opts)
     checker.cache = _ReadOnce(checker.cache)
-    accepted = []
-
-    def pki_minions():
-        if not accepted:
-            accepted.append(set(checker.key.list_status("accepted").get("minions") or []))
-        return set(accepted[0])
-
-    checker._pki_minions = pki_minions  # pylint: disable=protected-access
+    # Salt lists the accepted keys again for every glob or list word, checking each key file's
+    # path (clean_path): the costliest part of a target at fleet size. Once per run is enough.
+    for name in ("list_keys", "all_keys"):
+        setattr(checker.key, name, _once(getattr(checker.key, name)))
 
     def resolve(expr):
         return sorted(checker.check_minions(expr, "compound").get("minions") or [])
