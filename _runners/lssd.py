@@ -179,7 +179,7 @@ def _summary(ret):
     return text + f", {len(failed)} failed" + (f", {len(skipped)} skipped" if skipped else "")
 
 
-def verify(run_id, wait=0, **kwargs):
+def verify(run_id, wait=0, end_run=False, **kwargs):
     """
     Check a finished deploy against the master's job cache; the orchestrate's last step.
 
@@ -187,6 +187,10 @@ def verify(run_id, wait=0, **kwargs):
         The run's ``lssd:run_id`` (every peer job carries it in its pillar).
     wait
         Seconds to wait for returns not yet in the job cache. Default: 0.
+    end_run
+        Then forget the run on the master, as ``lssd.run_end`` does (the orchestrate: one
+        runner job less per run, each of which costs the master a pass over its keys).
+        Default: false.
 
     Fails (exit code 1), naming each peer whose stored return is a failure or missing: the
     returns a peer job's step read from the event bus may have been forged by another minion,
@@ -198,9 +202,14 @@ def verify(run_id, wait=0, **kwargs):
 
         salt-run lssd.verify 6c1e...
     """
+    from salt_lssd import channel
     from salt_lssd.runner import report as past
 
-    ret = _call(past.verify, __opts__, run_id, wait=wait)
+    try:
+        ret = _call(past.verify, __opts__, run_id, wait=wait)
+    finally:
+        if end_run:
+            _call(channel.forget, __opts__, str(run_id))
     if ret.get("result") is False and "error" not in ret:
         __context__["retcode"] = 1
         ret = dict(ret, comment="not deployed: " + "; ".join(
@@ -243,8 +252,9 @@ def plan(lssd=None, register=True, **kwargs):
 
 def run_end(run_id):
     """
-    Forget run ``run_id`` on the master: its minions are served nothing more for it (the last
-    step of ``lssd.orch.deploy``; ``salt-run lssd.deploy`` does it itself).
+    Forget run ``run_id`` on the master: its minions are served nothing more for it
+    (``lssd.orch.deploy``'s last step does it with ``lssd.verify end_run=True``,
+    ``salt-run lssd.deploy`` itself).
 
     CLI Example:
 

@@ -13,7 +13,8 @@
     5. the peers (lssd:targets:peer) download and install the tag, all at once or lssd:batch
        at a time: a failing peer fails the run and is named, the others still complete; the
        seeder keeps seeding across the waves;
-    6. seeding of this tag and the tracker stop, whatever happened before, and the master
+    6. seeding of this tag and the tracker stop, whatever happened before; the peers'
+       results are checked against the master's job cache (lssd-verify), and the master
        forgets the run.
 
     The run is planned on the master by one call, the runner lssd.plan, which salt-run
@@ -189,28 +190,19 @@ lssd-abort:
 {%-   endfor %}
       - salt: lssd-abort
 {%- endfor %}
-# The master forgets the run last: its minions are served nothing more for it.
-lssd-run-end:
-  salt.runner:
-    - name: lssd.run_end
-    - run_id: {{ plan.run_id|json }}
-    - require_any:
-      - test: lssd-run
-      - salt: lssd-stop-seeding
-      - salt: lssd-stop-tracker
-{%- if plan.waves %}
 
 # The peer steps above take each peer's return from the master's event bus, where any minion
 # can fire a return in another minion's name. This last step reads the returns the master
 # stored from each peer itself (its job cache) and fails naming every peer whose return is a
 # failure or missing, waiting at most a peer step's timeout for returns still on their way.
+# Then the master forgets the run: its minions are served nothing more for it.
 lssd-verify:
   salt.runner:
     - name: lssd.verify
     - run_id: {{ plan.run_id|json }}
     - wait: {{ plan.peer_timeout }}
+    - end_run: true
     - require_any:
       - test: lssd-run
       - salt: lssd-stop-seeding
       - salt: lssd-stop-tracker
-{%- endif %}
