@@ -86,8 +86,9 @@ lssd-seeder:
 # lssd:unreachable skip: these peers did not answer the plan's test.ping; the others deploy.
 lssd-down:
   test.fail_without_changes:
-    - name: {{ ("down: " ~ plan.down|join(", ") ~ " did not answer test.ping before the run "
-                ~ "(lssd:unreachable skip); not deployed")|json }}
+    - name: lssd-down
+    - comment: {{ ("down: " ~ plan.down|join(", ") ~ " did not answer test.ping before the run "
+                   ~ "(lssd:unreachable skip); not deployed")|json }}
 {%- endif %}
 
 # The tracker reads the torrent the seeder publishes for this run (its ext_pillar entry).
