@@ -280,7 +280,8 @@ def test_only_the_runs_minions_read_its_torrent_through_the_run_channel(lssd_env
     plan = lssd_env.salt_run.run("lssd.plan").data
     assert plan["roles"]["peer"] == ["web1"], plan
     run_id = plan["run_id"]
-    ask = ["pillar.items", "pillar=" + json.dumps({"lssd": {"run_id": run_id}})]
+    # unmask: Salt 3008 prints pillar values as ********** unless asked not to.
+    ask = ["pillar.items", "pillar=" + json.dumps({"lssd": {"run_id": run_id}}), "unmask=True"]
     try:
         ret = lssd_env.salt.run("state.apply", "lssd.seeder", "pillar=" + json.dumps(plan["run_pillar"]),
                                 minion_tgt="seeder")
