@@ -169,8 +169,8 @@ def write_master(root, file_roots, pillar_roots, log_level="warning", **options)
         pillar_roots={"base": list(pillar_roots)},
         # lssd's run channel: a run's torrent reaches its minions through this ext_pillar.
         ext_pillar=[{"lssd": {}}],
-        **options,
     )
+    conf.update(options)
     write_yaml(os.path.join(root, "conf", "master"), conf)
     return os.path.join(root, "conf")
 
