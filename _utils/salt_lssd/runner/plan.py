@@ -17,6 +17,7 @@ from salt_lssd import LssdError, channel
 from salt_lssd.runner.settings import batch_size, run_settings
 from salt_lssd.runner.targets import resolver
 
+
 def make(opts, lssd_pillar, overrides=None, register=True):
     """The plan of a deploy: ``lssd_pillar`` is pillar ``lssd`` as the master sees it (the
     orchestrate's, with its pillar=), ``overrides`` salt-run's keyword arguments. A dry run
@@ -38,7 +39,8 @@ def make(opts, lssd_pillar, overrides=None, register=True):
     if register:
         channel.register(opts, lssd["run_id"], lssd["tag"], lssd.get("app"), roles)
     waves = [{"name": "canary", "minions": canary}] if canary else []
-    rest = [m for m in roles["peer"] if m not in set(canary)]
+    chosen = set(canary)
+    rest = [m for m in roles["peer"] if m not in chosen]
     if rest:
         waves.append({"name": "peers", "minions": rest})
     return {
