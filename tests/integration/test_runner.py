@@ -132,7 +132,7 @@ def test_quiet_still_prints_an_error_that_stops_the_run(lssd_env, case):
     # --quiet hides the return data, where the error is; the error must still reach the operator.
     ret = lssd_env.salt_run.run("lssd.deploy", "tgt=web9*", "--quiet")
     assert ret.returncode == 1
-    assert "'web9*' matches no minion" in ret.stderr, (ret.stdout, ret.stderr)
+    assert '"web9*" matches no minion' in ret.stderr, (ret.stdout, ret.stderr)
     assert not lssd_env.running_roles() & {"tracker", "seeder"}
 
 
